@@ -1,0 +1,1 @@
+"""Layers: mixers (one per architecture, following the contract in ``jrt_prompt.model``), norms, MLPs."""

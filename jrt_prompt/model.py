@@ -1,0 +1,171 @@
+"""One small recurrent LM over interchangeable mixers, with the state passed explicitly.
+
+Every supported architecture (Mamba, Mamba-2, GLA, Based) is this class: an embedding, a stack
+of pre-norm blocks (norm -> mixer -> residual, optionally norm -> MLP -> residual), a final norm
+and an LM head. Adapters (``jrt_prompt.adapters``) build one from a loaded HF model or a checkpoint
+folder; the layers in ``jrt_prompt.layers`` do the math.
+
+Mixer contract (every module in ``jrt_prompt.layers`` that mixes along time follows it):
+
+- ``init_state(batch_size, device) -> dict[str, Tensor]``: the zero state of one layer;
+- ``forward(x, state, mask=None, positions=None) -> (y, new_state)``: any number of tokens
+  ``x [B, L, D]`` from any state; ``mask [B, L]`` bool marks real tokens (padded ones, always on the
+  left, must leave the state exactly unchanged); ``positions [B, L]`` long absolute positions of the
+  tokens (only rotary layers read them). ``forward`` never modifies ``state``;
+- ``step(x, state, positions) -> y``: one token ``x [B, D]``; updates ``state``'s tensors in place
+  (static buffers, so a decode step can be captured in a CUDA graph).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from .state import LayerState, RecurrentState
+
+
+class Mixer(Protocol):
+    def init_state(self, batch_size: int, device: torch.device) -> LayerState: ...
+
+    def forward(
+        self, x: torch.Tensor, state: LayerState, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, LayerState]: ...
+
+    def step(self, x: torch.Tensor, state: LayerState, positions: torch.Tensor) -> torch.Tensor: ...
+
+
+class LMConfig(BaseModel):
+    """What the engine needs to know of a model beyond its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str  # "mamba", "mamba2", "gla", "based"
+    vocab_size: int  # rows of the embedding (may be padded past the tokenizer's vocabulary)
+    d_model: int
+    n_layer: int
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    residual_in_fp32: bool = True
+    max_length: int | None = None  # the token budget a prompt may use (None: no limit)
+
+
+def check_left_padded(mask: torch.Tensor) -> None:
+    """Recurrent state is only right when padding is on the left: each row must be 0...0 1...1."""
+    if mask.dim() != 2:
+        raise ValueError(f"attention_mask must be [batch, length], got shape {tuple(mask.shape)}")
+    m = mask.to(torch.int8)
+    if (m[:, 1:] < m[:, :-1]).any():
+        raise ValueError(
+            "attention_mask has padding after a real token: pad on the left "
+            "(tokenizer.padding_side = 'left'); right padding corrupts recurrent state"
+        )
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then optionally h + mlp(norm2(h))."""
+
+    def __init__(self, norm: nn.Module, mixer: nn.Module, norm2: nn.Module | None = None, mlp: nn.Module | None = None,
+                 residual_in_fp32: bool = True):
+        super().__init__()
+        self.norm, self.mixer, self.norm2, self.mlp = norm, mixer, norm2, mlp
+        self.residual_in_fp32 = residual_in_fp32
+
+    def _residual(self, h: torch.Tensor) -> torch.Tensor:
+        return h.float() if self.residual_in_fp32 else h
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return h
+        return self._residual(h) + self.mlp(self.norm2(h.to(self.norm2.weight.dtype)))
+
+    def forward(self, h, state, mask=None, positions=None):
+        y, state = self.mixer(self.norm(h.to(self.norm.weight.dtype)), state, mask=mask, positions=positions)
+        return self._mlp(self._residual(h) + y), state
+
+    def step(self, h, state, positions):
+        y = self.mixer.step(self.norm(h.to(self.norm.weight.dtype)), state, positions)
+        return self._mlp(self._residual(h) + y)
+
+
+class RecurrentLM(nn.Module):
+    """Embedding -> blocks -> final norm -> LM head, with the recurrent state in and out."""
+
+    def __init__(self, config: LMConfig, embedding: nn.Embedding, blocks: list[Block], norm_f: nn.Module,
+                 lm_head: nn.Linear):
+        super().__init__()
+        self.config = config
+        self.embedding = embedding
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_f = norm_f
+        self.lm_head = lm_head
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> RecurrentState:
+        """The empty state: what the model holds before reading anything."""
+        device = torch.device(device) if device is not None else self.device
+        layers = [block.mixer.init_state(batch_size, device) for block in self.blocks]
+        return RecurrentState(layers, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def _check_state(self, state: RecurrentState, batch_size: int) -> None:
+        if len(state.layers) != len(self.blocks):
+            raise ValueError(f"state has {len(state.layers)} layers, the model has {len(self.blocks)}")
+        if state.batch_size != batch_size:
+            raise ValueError(f"state has batch {state.batch_size}, the input has batch {batch_size}")
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, state: RecurrentState | None = None,
+                attention_mask: torch.Tensor | None = None, *, last_only: bool = False
+                ) -> tuple[torch.Tensor, RecurrentState]:
+        """Read ``input_ids [B, L]`` (any L >= 1) after ``state`` (None: the empty state).
+
+        Returns logits ``[B, L, V]`` (``[B, 1, V]`` with ``last_only``) and the new state; ``state`` itself is
+        left unchanged. Padded tokens (``attention_mask`` 0, left padding only) leave the state unchanged.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, length>0], got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if state is None:
+            state = self.init_state(B, input_ids.device)
+        self._check_state(state, B)
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError("attention_mask must have the shape of input_ids")
+            check_left_padded(attention_mask)
+            mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+            if bool(mask.all()):
+                mask = None
+        real = mask.long() if mask is not None else torch.ones_like(input_ids)
+        positions = state.seen[:, None] + real.cumsum(1) - 1  # padded tokens repeat the last position; unused
+        h = self.embedding(input_ids)
+        new_layers = []
+        for block, layer_state in zip(self.blocks, state.layers):
+            h, layer_state = block(h, layer_state, mask=mask, positions=positions)
+            new_layers.append(layer_state)
+        if last_only:
+            h = h[:, -1:]
+        logits = self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+        return logits, RecurrentState(new_layers, state.seen + real.sum(1))
+
+    @torch.no_grad()
+    def step(self, token_ids: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """Read one token per row (``token_ids [B]``) and return logits ``[B, V]``; ``state`` is updated in place."""
+        if token_ids.dim() != 1:
+            raise ValueError(f"step takes one token per row, shape [batch], got {tuple(token_ids.shape)}")
+        self._check_state(state, token_ids.shape[0])
+        positions = state.seen
+        h = self.embedding(token_ids)
+        for block, layer_state in zip(self.blocks, state.layers):
+            h = block.step(h, layer_state, positions)
+        state.seen.add_(1)
+        return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype))), state

@@ -1,0 +1,90 @@
+"""Checks every RecurrentLM must pass: reading in pieces, one step at a time, left-padded in a
+batch, or from a forked state gives the logits of one full forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from jrt_prompt.model import RecurrentLM
+
+
+def _close(a, b, tol, what):
+    err = (a.double() - b.double()).abs().max().item()
+    scale = b.double().abs().max().item() + 1e-12
+    assert err <= tol * max(1.0, scale), f"{what}: max abs diff {err:.3e} (scale {scale:.3e}, tol {tol})"
+
+
+def check_split_points(lm: RecurrentLM, vocab: int, *, length=23, batch=2, trials=3, tol=1e-4, seed=0):
+    """[0, a) then [a, b) then one token at a time equals one forward over [0, L)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    full, full_state = lm(ids)
+    for _ in range(trials):
+        a = int(torch.randint(1, length - 2, (1,), generator=g))
+        b = int(torch.randint(a + 1, length, (1,), generator=g))
+        l1, s = lm(ids[:, :a])
+        l2, s = lm(ids[:, a:b], s)
+        steps = []
+        for t in range(b, length):
+            lt, s = lm.step(ids[:, t], s)
+            steps.append(lt[:, None])
+        got = torch.cat([l1, l2, *steps], dim=1)
+        _close(got, full, tol, f"split at a={a}, b={b} then steps")
+        for x, y in zip(s.tensors(), full_state.tensors()):
+            _close(x, y, tol, f"final state after split at a={a}, b={b}")
+
+
+def check_left_padding(lm: RecurrentLM, vocab: int, *, lengths=(9, 4, 13), pad_id=0, tol=1e-4, seed=1, prefix=5):
+    """A left-padded batch (after a shared non-empty state, so pads sit mid-stream) equals each row alone."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(0, vocab, (n,), generator=g) for n in lengths]
+    L = max(lengths)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, L - len(r):] = r
+        mask[i, L - len(r):] = 1
+    pre = torch.randint(0, vocab, (len(rows), prefix), generator=g)
+    for start in ("empty", "prefilled"):
+        state = None if start == "empty" else lm(pre)[1]
+        logits, bstate = lm(ids, state, attention_mask=mask)
+        nxt = torch.randint(0, vocab, (len(rows),), generator=g)
+        blogits, _ = lm.step(nxt, bstate.fork())
+        for i, r in enumerate(rows):
+            s_i = None if state is None else state.select([i])
+            li, si = lm(r[None], s_i)
+            _close(logits[i, L - len(r):], li[0], tol, f"row {i} logits, left-padded batch from {start} state")
+            step_i, _ = lm.step(nxt[i:i + 1], si.fork())
+            _close(blogits[i], step_i[0], tol, f"row {i} next-step logits after a left-padded batch from {start} state")
+            for x, y in zip(bstate.select([i]).tensors(), si.tensors()):
+                _close(x, y, tol, f"row {i} state after a left-padded batch from {start} state")
+
+
+def check_fork(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=2):
+    """A forked state reused twice equals a fresh read; forward never mutates its input state; step mutates
+    only the state it is given."""
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, vocab, (2, 11), generator=g)
+    cont = torch.randint(0, vocab, (2, 6), generator=g)
+    _, s = lm(prefix)
+    before = [t.clone() for t in s.tensors()]
+    fresh, _ = lm(torch.cat([prefix, cont], 1))
+    for _ in range(2):
+        got, _ = lm(cont, s.fork())
+        _close(got, fresh[:, 11:], tol, "continuation from a forked state")
+    got, _ = lm(cont, s)
+    _close(got, fresh[:, 11:], tol, "continuation from the original state after forks")
+    f = s.fork()
+    lm.step(cont[:, 0], f)
+    for x, y in zip(s.tensors(), before):
+        assert torch.equal(x, y), "forward or a step on a fork changed the original state"
+    empty = lm.init_state(2)
+    got, _ = lm(prefix, empty)
+    _close(got, lm(prefix)[0], tol, "forward from an explicit empty state")
+    assert all(torch.count_nonzero(t) == 0 for t in empty.tensors()), "forward mutated the empty state"
+
+
+def check_all(lm: RecurrentLM, vocab: int, tol=1e-4):
+    check_split_points(lm, vocab, tol=tol)
+    check_left_padding(lm, vocab, tol=tol)
+    check_fork(lm, vocab, tol=tol)
