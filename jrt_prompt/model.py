@@ -122,7 +122,6 @@ class RecurrentLM(nn.Module):
         if state.batch_size != batch_size:
             raise ValueError(f"state has batch {state.batch_size}, the input has batch {batch_size}")
 
-    @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, state: RecurrentState | None = None,
                 attention_mask: torch.Tensor | None = None, *, last_only: bool = False
                 ) -> tuple[torch.Tensor, RecurrentState]:
@@ -130,6 +129,7 @@ class RecurrentLM(nn.Module):
 
         Returns logits ``[B, L, V]`` (``[B, 1, V]`` with ``last_only``) and the new state; ``state`` itself is
         left unchanged. Padded tokens (``attention_mask`` 0, left padding only) leave the state unchanged.
+        Differentiable (training uses it); generation wraps it in ``torch.no_grad``.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [batch, length>0], got shape {tuple(input_ids.shape)}")
@@ -157,7 +157,6 @@ class RecurrentLM(nn.Module):
         logits = self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
         return logits, RecurrentState(new_layers, state.seen + real.sum(1))
 
-    @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """Read one token per row (``token_ids [B]``) and return logits ``[B, V]``; ``state`` is updated in place."""
         if token_ids.dim() != 1:
