@@ -14,6 +14,7 @@ def _close(a, b, tol, what):
     assert err <= tol * max(1.0, scale), f"{what}: max abs diff {err:.3e} (scale {scale:.3e}, tol {tol})"
 
 
+@torch.no_grad()
 def check_split_points(lm: RecurrentLM, vocab: int, *, length=23, batch=2, trials=3, tol=1e-4, seed=0):
     """[0, a) then [a, b) then one token at a time equals one forward over [0, L)."""
     g = torch.Generator().manual_seed(seed)
@@ -34,6 +35,7 @@ def check_split_points(lm: RecurrentLM, vocab: int, *, length=23, batch=2, trial
             _close(x, y, tol, f"final state after split at a={a}, b={b}")
 
 
+@torch.no_grad()
 def check_left_padding(lm: RecurrentLM, vocab: int, *, lengths=(9, 4, 13), pad_id=0, tol=1e-4, seed=1, prefix=5):
     """A left-padded batch (after a shared non-empty state, so pads sit mid-stream) equals each row alone."""
     g = torch.Generator().manual_seed(seed)
@@ -60,6 +62,7 @@ def check_left_padding(lm: RecurrentLM, vocab: int, *, lengths=(9, 4, 13), pad_i
                 _close(x, y, tol, f"row {i} state after a left-padded batch from {start} state")
 
 
+@torch.no_grad()
 def check_fork(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=2):
     """A forked state reused twice equals a fresh read; forward never mutates its input state; step mutates
     only the state it is given."""
