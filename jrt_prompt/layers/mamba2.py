@@ -1,0 +1,113 @@
+"""Mamba-2 mixer with explicit conv and SSM state, parameters named and shaped as in transformers' Mamba2Mixer
+and mamba_ssm's Mamba2 (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj).
+
+    z, xBC, dt = in_proj(u).split([d_inner, d_inner + 2 G N, H]); x, B, C = act(conv1d(xBC)).split(...)
+    y = ssd(x, dt, -exp(A_log), B, C, D); y = norm(y, z) (gated RMSNorm per group); out = out_proj(y)
+
+State per layer: ``conv`` [B, K-1, d_inner + 2 G N] (weights' dtype) and ``ssm`` [B, H, P, N] float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.conv import causal_conv1d, causal_conv1d_step
+from ..ops.ssd import ssd, ssd_state_update
+from ..state import LayerState
+from .mamba import activation, depthwise_conv
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of ``group_size`` channels, gated by silu(z): norm(y * silu(z)) (the default, as in
+    transformers and mamba_ssm with norm_before_gate=False) or norm(y) * silu(z) (norm_before_gate=True).
+    Computed in float32, returned in the input's dtype."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False,
+                 device=None, dtype=None):
+        super().__init__()
+        if dim % group_size:
+            raise ValueError(f"norm group size {group_size} does not divide {dim} channels")
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h, gate = y.float(), F.silu(z.float())
+        if not self.norm_before_gate:
+            h = h * gate
+        g = h.unflatten(-1, (-1, self.group_size))
+        h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.float()
+        if self.norm_before_gate:
+            h = h * gate
+        return h.to(y.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, d_state: int = 128, n_groups: int = 1,
+                 d_conv: int = 4, use_bias: bool = False, use_conv_bias: bool = True, hidden_act: str = "silu",
+                 dt_limit: tuple[float, float] = (0.0, math.inf), rmsnorm: bool = True, norm_before_gate: bool = False,
+                 norm_eps: float = 1e-5, D_has_hdim: bool = False, chunk_size: int = 64, device=None, dtype=None):
+        super().__init__()
+        if n_heads % n_groups:
+            raise ValueError(f"n_groups {n_groups} must divide the {n_heads} heads")
+        kw = dict(device=device, dtype=dtype)
+        d_inner = n_heads * head_dim
+        self.d_inner, self.n_heads, self.head_dim, self.d_state, self.n_groups = d_inner, n_heads, head_dim, d_state, n_groups
+        self.d_conv, self.conv_dim = d_conv, d_inner + 2 * n_groups * d_state
+        self.dt_limit, self.chunk_size = (float(dt_limit[0]), float(dt_limit[1])), chunk_size
+        self.act = activation(hidden_act)
+        self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + n_heads, bias=use_bias, **kw)
+        self.conv1d = depthwise_conv(self.conv_dim, d_conv, use_conv_bias, **kw)
+        self.dt_bias = nn.Parameter(torch.zeros(n_heads, **kw))
+        self.A_log = nn.Parameter(torch.empty(n_heads, **kw))
+        self.D = nn.Parameter(torch.ones(d_inner if D_has_hdim else n_heads, **kw))
+        self.norm = (GatedRMSNorm(d_inner, d_inner // n_groups, norm_eps, norm_before_gate, **kw) if rmsnorm
+                     else None)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=use_bias, **kw)
+        if self.A_log.device.type != "meta":
+            with torch.no_grad():
+                self.A_log.copy_(torch.log(torch.arange(1, n_heads + 1, dtype=torch.float32)))
+
+    def init_state(self, batch_size: int, device) -> LayerState:
+        return {"conv": torch.zeros(batch_size, self.d_conv - 1, self.conv_dim, device=device,
+                                    dtype=self.in_proj.weight.dtype),
+                "ssm": torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state, device=device,
+                                   dtype=torch.float32)}
+
+    def _split_in(self, u: torch.Tensor):
+        return self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+
+    def _split_conv(self, xBC: torch.Tensor):
+        """x [..., H, P], B and C [..., G, N] from the activated conv output."""
+        x, B, C = xBC.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        return (x.unflatten(-1, (self.n_heads, self.head_dim)), B.unflatten(-1, (self.n_groups, self.d_state)),
+                C.unflatten(-1, (self.n_groups, self.d_state)))
+
+    def _skip_weight(self) -> torch.Tensor:
+        return self.D if self.D.shape[0] == self.n_heads else self.D.view(self.n_heads, self.head_dim)
+
+    def _gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            return self.norm(y, z)
+        return (y.float() * F.silu(z.float())).to(y.dtype)
+
+    def forward(self, u, state, mask=None, positions=None):
+        if mask is not None:
+            u = u * mask[..., None].to(u.dtype)
+        z, xBC, dt = self._split_in(u)
+        xBC, tail = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"], mask)
+        x, B, C = self._split_conv(self.act(xBC))
+        y, ssm = ssd(x, dt, -torch.exp(self.A_log.float()), B, C, self._skip_weight(), dt_bias=self.dt_bias,
+                     dt_limit=self.dt_limit, initial_state=state["ssm"], mask=mask, chunk_size=self.chunk_size)
+        return self.out_proj(self._gate(y.flatten(-2), z)), {"conv": tail, "ssm": ssm}
+
+    def step(self, u, state, positions):
+        z, xBC, dt = self._split_in(u)
+        xBC = causal_conv1d_step(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"])
+        x, B, C = self._split_conv(self.act(xBC))
+        y = ssd_state_update(state["ssm"], x, dt, -torch.exp(self.A_log.float()), B, C, self._skip_weight(),
+                             dt_bias=self.dt_bias, dt_limit=self.dt_limit)
+        return self.out_proj(self._gate(y.flatten(-2), z))
