@@ -15,13 +15,16 @@ The modules are imported lazily, so a missing optional dependency of one never b
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 
 ADAPTER_MODULES = ("mamba", "mamba2", "gla", "based")
 
 
-def adapter_modules() -> list[ModuleType]:
-    return [importlib.import_module(f"{__name__}.{name}") for name in ADAPTER_MODULES]
+def adapter_modules() -> Iterator[ModuleType]:
+    """The adapter modules in order, each imported only when the previous ones did not match."""
+    for name in ADAPTER_MODULES:
+        yield importlib.import_module(f"{__name__}.{name}")
 
 
 def supported_names() -> str:

@@ -17,6 +17,16 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_float(obj: dict):
+    """transformers writes inf/nan as {"__float__": "Infinity"} (e.g. Mamba-2's time_step_limit)."""
+    if obj.keys() == {"__float__"} and obj["__float__"] in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[obj["__float__"]]
+    return obj
+
+
 def read_config(path: str | Path) -> dict:
     path = Path(path)
     cfg = path / "config.json"
@@ -25,7 +35,7 @@ def read_config(path: str | Path) -> dict:
     if not cfg.is_file():
         raise CheckpointError(f"{path} is not a checkpoint: it has no config.json")
     try:
-        config = json.loads(cfg.read_text())
+        config = json.loads(cfg.read_text(), object_hook=_special_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
