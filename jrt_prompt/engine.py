@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import JRTError, PromptTooLongError
+from .cuda_graph import GraphCache
 from .generate import GenerationConfig, decode, prefill
 from .model import RecurrentLM
 from .prompt import EncodedPrompt, JRTPrompt
@@ -43,13 +44,17 @@ class _Row:
         self.text = ""
         self.emitted = 0  # characters already streamed
 
-    def add(self, token: int) -> None:
+    def add(self, token: int, decode_now: bool) -> None:
         if self.done:
             return
         if self.config.stop_at_eos and token in self.eos_ids:
             self.done = True
             return
         self.ids.append(token)
+        if decode_now or self.config.stop:
+            self.decode()
+
+    def decode(self) -> None:
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         for s in self.config.stop:
             cut = self.text.find(s)
@@ -84,7 +89,8 @@ class Engine:
     """A RecurrentLM with its tokenizer and prompt format; see the module docstring."""
 
     def __init__(self, model: RecurrentLM, tokenizer, prompt: JRTPrompt | None = None, *,
-                 budget: int | None = None, trim: str | None = None, chunk_size: int | None = 4096):
+                 budget: int | None = None, trim: str | None = None, chunk_size: int | None = 4096,
+                 cuda_graphs: bool = True, compile: bool = False):
         if tokenizer is None:
             raise JRTError("a tokenizer is required: pass tokenizer=AutoTokenizer.from_pretrained(...)")
         self.model = model.eval()
@@ -93,6 +99,8 @@ class Engine:
         self.budget = budget if budget is not None else model.config.max_length
         self.trim = trim  # None: a prompt over budget is an error; "head"/"tail"/"window": cut the context
         self.chunk_size = chunk_size
+        # decode steps on CUDA replay a captured graph per batch size (cuda_graphs=False: plain steps)
+        self._graphs = GraphCache(model, compile=compile) if cuda_graphs and model.device.type == "cuda" else None
         eos = [tokenizer.eos_token_id, model.config.eos_token_id]
         self.eos_ids = {i for e in eos for i in (e if isinstance(e, list) else [e]) if i is not None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
@@ -171,16 +179,43 @@ class Engine:
             return rows[0].expand(len(rows))
         return RecurrentState.cat(rows)
 
-    def _run(self, prompts, state, config: GenerationConfig, progress=None) -> Iterator[list[_Row]]:
+    def _run(self, prompts, state, config: GenerationConfig, progress=None, streaming: bool = False
+             ) -> Iterator[list[_Row]]:
+        """Prefill then decode; yields the rows after each look at the tokens. Without streaming or stop
+        strings the host looks only every ``SYNC_EVERY`` tokens (a few wasted steps past EOS at most)."""
         logits, state = prefill(self.model, prompts, state, pad_id=self.pad_id, chunk_size=self.chunk_size,
                                 progress=progress)
+        step = None
+        if self._graphs is not None and config.max_new_tokens > 1:
+            graphed = self._graphs.get(len(prompts))
+            state, step = graphed.load(state), graphed.step
         rows = [_Row(self.tokenizer, self.eos_ids, config) for _ in prompts]
-        for tokens in decode(self.model, logits, state, config):
-            for row, t in zip(rows, tokens.tolist()):
-                row.add(t)
-            yield rows
+        every = 1 if streaming or config.stop else self.SYNC_EVERY
+        pending: list[torch.Tensor] = []
+        for tokens in decode(self.model, logits, state, config, step=step):
+            pending.append(tokens)
+            if len(pending) < every:
+                continue
+            rows = self._take(rows, pending, streaming)
+            pending = []
             if all(r.done for r in rows):
-                return
+                break
+            yield rows
+        else:
+            if pending:
+                rows = self._take(rows, pending, streaming)
+        for r in rows:
+            r.decode()
+        yield rows
+
+    SYNC_EVERY = 16
+
+    @staticmethod
+    def _take(rows: list[_Row], pending: list[torch.Tensor], streaming: bool) -> list[_Row]:
+        for step_tokens in torch.stack(pending).tolist():
+            for row, t in zip(rows, step_tokens):
+                row.add(t, decode_now=streaming)
+        return rows
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], state: RecurrentState | None = None,
                      **gen) -> list[list[int]]:
@@ -209,7 +244,7 @@ class Engine:
         config = GenerationConfig(**gen)
         _, prompts, starts = self._jobs(context, question, original_question)
         row = None
-        for (row,) in self._run(prompts, self._start_state(starts), config):
+        for (row,) in self._run(prompts, self._start_state(starts), config, streaming=True):
             piece = row.pending(final=row.done)
             if piece:
                 yield piece

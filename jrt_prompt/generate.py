@@ -104,15 +104,17 @@ def make_generator(config: GenerationConfig, device: torch.device) -> torch.Gene
 
 
 @torch.no_grad()
-def decode(model: RecurrentLM, logits: torch.Tensor, state: RecurrentState, config: GenerationConfig
-           ) -> Iterator[torch.Tensor]:
+def decode(model: RecurrentLM, logits: torch.Tensor, state: RecurrentState, config: GenerationConfig,
+           step=None) -> Iterator[torch.Tensor]:
     """Yield up to ``max_new_tokens`` next-token tensors [B] (on the device), advancing ``state`` in place.
 
+    ``step(tokens, state) -> (logits, state)`` defaults to ``model.step`` (a CUDA-graph replay can stand in).
     The caller stops iterating when every row is done; rows that finish early keep being fed their last
     token (their outputs are discarded by the caller)."""
+    step = step or model.step
     generator = make_generator(config, logits.device)
     for i in range(config.max_new_tokens):
         tokens = sample(logits, config, generator)
         yield tokens
         if i + 1 < config.max_new_tokens:
-            logits, state = model.step(tokens, state)
+            logits, state = step(tokens, state)

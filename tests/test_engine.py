@@ -169,3 +169,13 @@ def test_read_state_is_reusable_and_sized(engine):
     engine.generate(doc, QUESTIONS, max_new_tokens=5)
     assert all(torch.equal(a, b) for a, b in zip(doc.state.tensors(), before))
     assert isinstance(doc.state, RecurrentState) and doc.state.nbytes > 0
+
+
+def test_eos_answer_text_is_decoded(engine):
+    """Rows that end at EOS (no stop strings, so the host looks at tokens in blocks) still get their text."""
+    ids = engine.encode(DOC, QUESTIONS[0]).ids
+    free = engine.generate_ids([ids], max_new_tokens=6, stop_at_eos=False)[0]
+    eng = Engine(engine.model, engine.tokenizer, engine.prompt)
+    eng.eos_ids = {free[3]}
+    want = engine.tokenizer.decode(free[:free.index(free[3])], skip_special_tokens=True)
+    assert eng.generate(DOC, QUESTIONS[0], max_new_tokens=40) == want
