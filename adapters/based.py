@@ -1,0 +1,456 @@
+"""Based (hazyresearch/based-360m, based-1b, based-1b-50b): the checkpoint reader, and a transformers model.
+
+No installable package runs these checkpoints, so this module provides both ways in:
+- ``load(folder)`` reads the hazyresearch folder format: config.json (a GPT2Config plus ``mixer``,
+  ``alt_mixer``, ``alt_mixer_2``, ``alt_mixer_layers``, ``alt_mixer_2_layers``) and pytorch_model.bin or
+  model.safetensors with keys ``model.transformer...`` (the prefix is stripped, ``*metrics*`` keys dropped).
+- ``BasedConfig`` (model_type "based") and ``BasedForCausalLM`` are registered with AutoConfig and
+  AutoModelForCausalLM when this module is imported, so ``AutoModelForCausalLM.from_pretrained``, pipelines,
+  ``generate()`` and ``jrt_prompt.wrap`` work. The model's state-dict keys are the hazyresearch keys.
+
+The config is read as hazyresearch's code reads it (based/models/gpt.py: a field it defaults is defaulted the
+same way here). What that code would run and we do not implement (softmax attention layers, LayerNorm,
+learned positions, other feature maps ...) fails with an error naming the field and its value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from jrt_prompt.checkpoint import read_state_dict
+from jrt_prompt.errors import CheckpointError
+from jrt_prompt.layers.based import GATE_ACTIVATIONS, BasedLayer, BasedSettings
+from jrt_prompt.layers.norm import RMSNorm
+from jrt_prompt.model import Block, LMConfig, RecurrentLM
+from jrt_prompt.state import RecurrentState
+
+NAME = "based"
+FEATURE_DIM = 16  # the Taylor map's input size that every Based checkpoint uses (and the kernels assume)
+POSITION_KEY = "transformer.embeddings.position_embeddings.weight"
+JRT_RNN_KEYS = ("proj_k_enc", "proj_v_enc")
+# hazyresearch key -> ours (model.* of the Lightning checkpoint; conv1 of the BaseConvWithSiLU4 variant)
+KEY_MAPPING = {r"^model\.": "", r"\.mixer\.conv1\.conv\.": ".mixer.conv.conv."}
+LINEAR_ATTN_FLAGS = ("use_rotary_apply", "use_decay_proj", "use_output_gating", "use_proj_g", "initial_conv",
+                     "use_act")
+
+
+# --------------------------------------------------------------------------- the config
+class BasedConfig(GPT2Config):
+    """hazyresearch's GPT2MixerConfig: a GPT2Config plus the fields below, defaults as its code defaults them."""
+
+    model_type = "based"
+    # GPT2Config maps max_position_embeddings onto n_positions (0 in these configs); generate() would cap at it.
+    attribute_map = {k: v for k, v in GPT2Config.attribute_map.items() if k != "max_position_embeddings"}
+
+    mixer: dict | None = None
+    alt_mixer: dict | None = None
+    alt_mixer_2: dict | None = None
+    alt_mixer_layers: list[int] | None = None
+    alt_mixer_2_layers: list[int] | None = None
+    rms_norm: bool = False
+    residual_in_fp32: bool = False
+    pad_vocab_size_multiple: int = 1
+    rotary_emb_fraction: float | int = 0.0
+    rotary_emb_base: float | int = 10000.0
+    rotary_emb_interleaved: bool = False
+    qkv_proj_bias: bool = True
+    out_proj_bias: bool = True
+    mlp_fc1_bias: bool = True
+    mlp_fc2_bias: bool = True
+
+    @property
+    def max_position_embeddings(self) -> None:
+        """None: no learned positions, so no length limit."""
+        return None
+
+    @max_position_embeddings.setter
+    def max_position_embeddings(self, value) -> None:
+        if value:  # gpt.py would build learned position embeddings of this many rows
+            raise _bad("max_position_embeddings", value, "learned position embeddings are not run")
+
+
+def _bad(field: str, value, why: str) -> CheckpointError:
+    return CheckpointError(f"Based config field {field} = {value!r} is not supported: {why}")
+
+
+def _target(spec: Mapping, field: str, allowed: tuple[str, ...]) -> None:
+    target = spec.get("_target_")
+    if target is not None and not any(a in str(target) for a in allowed):
+        raise _bad(f"{field}._target_", target, f"jrt_prompt runs {' / '.join(allowed)} there")
+
+
+def _layer_list(cfg: Mapping, field: str, n_layer: int) -> set[int]:
+    value = cfg.get(field)
+    if value is None:
+        return set()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < n_layer for i in value) \
+            or len(set(value)) != len(value):
+        raise _bad(field, value, f"it must list distinct layer indices in [0, {n_layer})")
+    return set(value)
+
+
+def _layer_kinds(cfg: Mapping, n_layer: int) -> list[str]:
+    """gpt.py create_mixer_cls: alt_mixer_2 layers first, then alt_mixer layers, BaseConv elsewhere."""
+    window, linear = _layer_list(cfg, "alt_mixer_2_layers", n_layer), _layer_list(cfg, "alt_mixer_layers", n_layer)
+    kinds = []
+    for i in range(n_layer):
+        kind, field = ("window", "alt_mixer_2") if i in window else ("linear", "alt_mixer") if i in linear \
+            else ("conv", "mixer")
+        if cfg.get(field) is None:
+            raise _bad(field, None, f"layer {i} would be softmax attention (MHA), which is not a Based layer")
+        kinds.append(kind)
+    return kinds
+
+
+def _conv_settings(cfg: Mapping, d: int) -> dict:
+    mixer = cfg["mixer"]
+    _target(mixer, "mixer", ("BaseConv",))
+    kernel = mixer.get("kernel_size", mixer.get("kernel_sizes", 3))
+    kernel = kernel[0] if isinstance(kernel, (list, tuple)) and kernel else kernel  # BaseConvWithSiLU4 uses the first
+    if not isinstance(kernel, int) or kernel < 1:
+        raise _bad("mixer.kernel_sizes", kernel, "it must be a positive int")
+    expand = mixer.get("expand_proj", 2)
+    if not isinstance(expand, int) or expand < 2 or expand * d % 2:
+        raise _bad("mixer.expand_proj", expand, "it must be an int >= 2")
+    return dict(conv_expand=expand, conv_kernel=kernel, conv_proj_bias=bool(mixer.get("use_bias", True)))
+
+
+def _linear_settings(cfg: Mapping, d: int) -> dict:
+    la = cfg["alt_mixer"]
+    _target(la, "alt_mixer", ("linear_attention.LinearAttention", "linear_attn.LinearAttention"))
+    heads, feature_dim = la.get("num_heads", 16), la.get("feature_dim", 16)
+    if feature_dim != FEATURE_DIM:
+        raise _bad("alt_mixer.feature_dim", feature_dim, f"the Taylor kernels take feature dim {FEATURE_DIM}")
+    fmap = la.get("feature_map")
+    if fmap is not None:  # linear_attention.LinearAttention: a TaylorExp module spec
+        _target(fmap, "alt_mixer.feature_map", ("TaylorExp",))
+        if "TaylorExp3" in str(fmap.get("_target_", "")):
+            raise _bad("alt_mixer.feature_map._target_", fmap["_target_"], "only the 2nd-order TaylorExp is run")
+        scale_dim = fmap.get("input_dim", feature_dim)
+        scale_field = "alt_mixer.feature_map.input_dim"
+    else:  # linear_attn.LinearAttention: a feature name plus switches
+        if la.get("feature_name", "taylor_exp") != "taylor_exp":
+            raise _bad("alt_mixer.feature_name", la["feature_name"], "only taylor_exp is run")
+        if la.get("num_key_value_heads", heads) != heads:
+            raise _bad("alt_mixer.num_key_value_heads", la["num_key_value_heads"], "it must equal num_heads")
+        for flag in LINEAR_ATTN_FLAGS:
+            if la.get(flag):
+                raise _bad(f"alt_mixer.{flag}", la[flag], "this variant of linear attention is not run")
+        scale_dim = la.get("scale_dim") or feature_dim
+        scale_field = "alt_mixer.scale_dim"
+    if scale_dim != FEATURE_DIM:
+        raise _bad(scale_field, scale_dim, f"the Taylor map is scaled for input dim {FEATURE_DIM}")
+    head_dim = la.get("head_dim") or d // heads
+    if not isinstance(heads, int) or heads < 1 or (la.get("head_dim") is None and d % heads):
+        raise _bad("alt_mixer.num_heads", heads, f"it must divide n_embd = {d}")
+    return dict(la_heads=heads, la_feature_dim=feature_dim, la_head_dim=head_dim, la_eps=float(la.get("eps", 1e-12)))
+
+
+def _window_settings(cfg: Mapping, d: int) -> dict:
+    swa = cfg["alt_mixer_2"]
+    _target(swa, "alt_mixer_2", ("slide", "sliding", "Sliding", "window"))
+    window = swa.get("window_size", 128)
+    if not isinstance(window, int) or window < 2:
+        raise _bad("alt_mixer_2.window_size", window, "it must be an int >= 2 (each token sees window_size // 2 back)")
+    heads = cfg["n_head"]  # gpt.py sliding_window_additions sets num_heads = config.num_attention_heads
+    if cfg.get("n_head_kv") not in (None, heads):
+        raise _bad("n_head_kv", cfg["n_head_kv"], "grouped-query window attention is not run")
+    if not isinstance(heads, int) or heads < 1 or d % heads:
+        raise _bad("n_head", heads, f"it must divide n_embd = {d}")
+    head_dim = d // heads
+    rotary_dim = int(cfg.get("rotary_emb_fraction", 0.0) * head_dim)
+    if rotary_dim % 2:
+        raise _bad("rotary_emb_fraction", cfg["rotary_emb_fraction"], "the rotary dim must be even")
+    if cfg.get("rotary_emb_interleaved"):
+        raise _bad("rotary_emb_interleaved", True, "only rotate-half rotary is run")
+    if cfg.get("rotary_emb_scale_base") is not None:
+        raise _bad("rotary_emb_scale_base", cfg["rotary_emb_scale_base"], "xPos rotary is not run")
+    return dict(swa_heads=heads, swa_window=window // 2, swa_rotary_dim=rotary_dim,
+                swa_rotary_base=float(cfg.get("rotary_emb_base", 10000.0)),
+                swa_scale=head_dim ** -0.5 if cfg.get("scale_attn_weights", True) else 1.0,
+                swa_scale_by_layer=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
+                swa_qkv_bias=bool(cfg.get("qkv_proj_bias", True)), swa_out_bias=bool(cfg.get("out_proj_bias", True)))
+
+
+def _check_block_options(cfg: Mapping) -> None:
+    """Switches of gpt.py's GPTModel / create_block / create_mlp_cls that change the math; ours is one setting."""
+    if not cfg.get("rms_norm", False):
+        raise _bad("rms_norm", cfg.get("rms_norm", False), "Based blocks use RMSNorm (LayerNorm is not run)")
+    for field, ok in (("prenorm", True), ("parallel_block", False), ("fused_mlp", False),
+                      ("fused_dense_sqrelu_dense", False), ("fixed_decay", False), ("lm_head_bias", False)):
+        if bool(cfg.get(field, ok)) != ok:
+            raise _bad(field, cfg[field], f"only {field} = {ok} is run")
+    if cfg.get("word_embed_proj_dim") is not None:
+        raise _bad("word_embed_proj_dim", cfg["word_embed_proj_dim"], "embedding projections are not run")
+    if cfg.get("mlp_type", "base") != "base":
+        raise _bad("mlp_type", cfg["mlp_type"], "only the base gated MLP is run")
+
+
+def settings_from_config(config: Mapping, weight_keys=None) -> BasedSettings:
+    """hazyresearch config (a dict) -> the checked ``BasedSettings``; ``weight_keys`` (when known) tell whether the
+    short convs have a bias (hazyresearch adds one only when it trained with causal-conv1d)."""
+    cfg = dict(config)
+    for field in ("n_embd", "n_layer", "vocab_size"):
+        if not isinstance(cfg.get(field), int) or cfg[field] < 1:
+            raise _bad(field, cfg.get(field), "it must be a positive int")
+    d, n_layer = cfg["n_embd"], cfg["n_layer"]
+    _check_block_options(cfg)
+    activation = cfg.get("activation_function", "gelu_new")
+    if activation not in GATE_ACTIVATIONS:
+        raise _bad("activation_function", activation, f"Based uses a gated MLP: one of {', '.join(GATE_ACTIVATIONS)}")
+    if not isinstance(cfg.get("n_inner"), int) or cfg["n_inner"] < 1:
+        raise _bad("n_inner", cfg.get("n_inner"), "the gated MLP's hidden size must be given")
+    multiple = cfg.get("pad_vocab_size_multiple", 1) or 1
+    kinds = _layer_kinds(cfg, n_layer)
+    values = dict(d_model=d, vocab_size=math.ceil(cfg["vocab_size"] / multiple) * multiple, kinds=kinds,
+                  norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                  residual_in_fp32=bool(cfg.get("residual_in_fp32", False)),
+                  tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                  mlp_hidden=cfg["n_inner"], mlp_activation=activation,
+                  mlp_fc1_bias=bool(cfg.get("mlp_fc1_bias", True)), mlp_fc2_bias=bool(cfg.get("mlp_fc2_bias", True)),
+                  la_head_dim=d // 16, swa_heads=1, swa_scale=1.0)  # placeholders for absent layer kinds
+    if "conv" in kinds:
+        values.update(_conv_settings(cfg, d))
+        values["conv_bias"] = weight_keys is not None and any(k.endswith("mixer.conv.conv.bias") for k in weight_keys)
+    if "linear" in kinds:
+        values.update(_linear_settings(cfg, d))
+    if "window" in kinds:
+        values.update(_window_settings(cfg, d))
+    return BasedSettings(**values)
+
+
+# --------------------------------------------------------------------------- the modules, as stored
+class BasedEmbeddings(nn.Module):
+    def __init__(self, s: BasedSettings):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(s.vocab_size, s.d_model)
+
+
+class BasedBackbone(nn.Module):
+    """``transformer.*``: embeddings.word_embeddings, layers.{i}, ln_f (no position embeddings)."""
+
+    def __init__(self, s: BasedSettings):
+        super().__init__()
+        self.embeddings = BasedEmbeddings(s)
+        self.layers = nn.ModuleList(BasedLayer(s, i) for i in range(s.n_layer))
+        self.ln_f = RMSNorm(s.d_model, eps=s.norm_eps)
+
+
+class BasedWeights(nn.Module):
+    """The bare tree of a checkpoint (transformer + lm_head), for reading folders without transformers' loader."""
+
+    def __init__(self, s: BasedSettings):
+        super().__init__()
+        self.transformer = BasedBackbone(s)
+        self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
+
+
+def recurrent_lm(s: BasedSettings, transformer: BasedBackbone, lm_head: nn.Linear, *, eos_token_id=50256,
+                 pad_token_id=None) -> RecurrentLM:
+    """A RecurrentLM over these very modules (their parameters are shared, not copied)."""
+    blocks = [Block(layer.norm1, layer.mixer, layer.norm2, layer.mlp, residual_in_fp32=s.residual_in_fp32)
+              for layer in transformer.layers]
+    config = LMConfig(arch=NAME, vocab_size=s.vocab_size, d_model=s.d_model, n_layer=s.n_layer,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, residual_in_fp32=s.residual_in_fp32)
+    return RecurrentLM(config, transformer.embeddings.word_embeddings, blocks, transformer.ln_f, lm_head)
+
+
+# --------------------------------------------------------------------------- the transformers model
+class BasedCache:
+    """What ``generate()`` carries between steps: our RecurrentState (``forward`` never mutates it)."""
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, state: RecurrentState):
+        self.state = state
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.state.seen.max()) if self.state.batch_size else 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.state = self.state.select(beam_idx.to(self.state.device))
+
+
+@dataclass
+class BasedCausalLMOutput(CausalLMOutput):
+    cache: BasedCache | None = None
+
+
+class BasedForCausalLM(PreTrainedModel, GenerationMixin):
+    """hazyresearch's GPTLMHeadModel for the Based checkpoints: keys ``transformer.*`` and ``lm_head.weight`` (tied).
+
+    ``forward`` runs ``self.lm`` (a RecurrentLM sharing these modules); ``attention_mask`` must be left-padded.
+    Under ``generate()`` the recurrent state travels in a ``BasedCache``, so each new token costs one step.
+    """
+
+    config_class = BasedConfig
+    base_model_prefix = "transformer"
+    _no_split_modules = ["BasedLayer"]
+    _tied_weights_keys = {"lm_head.weight": "transformer.embeddings.word_embeddings.weight"}
+    _keys_to_ignore_on_load_unexpected = [r"metrics"]
+    _is_stateful = True
+
+    def __init__(self, config: BasedConfig):
+        super().__init__(config)
+        s = settings_from_config(config.to_dict())
+        if not s.tie_embeddings:
+            self._tied_weights_keys = {}
+        self.transformer = BasedBackbone(s)
+        self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
+        self.post_init()
+        object.__setattr__(self, "lm", recurrent_lm(s, self.transformer, self.lm_head, eos_token_id=config.eos_token_id,
+                                                    pad_token_id=config.pad_token_id))
+
+    def get_input_embeddings(self):
+        return self.transformer.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.transformer.embeddings.word_embeddings = value
+        self.lm.embedding = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the state lives in a BasedCache that forward returns
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, plus the hazyresearch key names, and an error (not a warning) when weights are
+        missing or left over: a Based model with some random weights would answer wrongly without a sign."""
+        kwargs.setdefault("key_mapping", KEY_MAPPING)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if "metrics" not in k)
+        check_weight_names(unexpected)
+        problems = [f"missing {', '.join(sorted(info['missing_keys'])[:4])}"] if info.get("missing_keys") else []
+        problems += [f"unused {', '.join(unexpected[:4])}"] if unexpected else []
+        problems += [f"mismatched {', '.join(str(m) for m in info['mismatched_keys'][:4])}"] \
+            if info.get("mismatched_keys") else []
+        if problems:
+            raise CheckpointError(f"{pretrained_model_name_or_path}: weights and config disagree: {'; '.join(problems)}")
+        return (model, info) if want_info else model
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, **kwargs):
+        if cache is None:  # no state yet (or use_cache=False): read everything
+            next_sequence_length = None
+        return super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length,
+                                                     cache=cache, **kwargs)
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache: BasedCache | None = None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int = 0, return_dict: bool | None = None, inputs_embeds=None, **kwargs):
+        """Logits for ``input_ids`` read after ``cache`` (None: from the start). ``attention_mask`` may cover the
+        cached tokens too (as generate() passes it); only its last ``input_ids.shape[1]`` columns are used."""
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError("BasedForCausalLM takes input_ids (inputs_embeds are not supported)")
+        length = input_ids.shape[1]
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < length:
+                raise ValueError(f"attention_mask must be [batch, >= {length}], got {tuple(attention_mask.shape)}")
+            attention_mask = attention_mask[:, -length:]
+        if use_cache is None:
+            use_cache = bool(getattr(self.config, "use_cache", True)) and not self.training
+        last_only = logits_to_keep == 1 and labels is None
+        logits, state = self.lm(input_ids, cache.state if cache is not None else None, attention_mask,
+                                last_only=last_only)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 1:
+            logits = logits[:, -logits_to_keep:]
+        logits = logits.float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        new_cache = BasedCache(state) if use_cache else None
+        if return_dict is False:
+            return tuple(t for t in (loss, logits, new_cache) if t is not None)
+        return BasedCausalLMOutput(loss=loss, logits=logits, cache=new_cache)
+
+
+def register() -> None:
+    """Make AutoConfig / AutoModelForCausalLM know model_type "based" (idempotent)."""
+    AutoConfig.register(NAME, BasedConfig, exist_ok=True)
+    AutoModelForCausalLM.register(BasedConfig, BasedForCausalLM, exist_ok=True)
+
+
+register()
+
+
+# --------------------------------------------------------------------------- reading hazyresearch folders
+def normalize_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """hazyresearch keys -> ours: ``model.`` stripped, ``*metrics*`` dropped (Lightning counters)."""
+    out = {}
+    for key, t in sd.items():
+        if "metrics" in key:
+            continue
+        for pattern, repl in KEY_MAPPING.items():
+            key = re.sub(pattern, repl, key)
+        out[key] = t
+    return out
+
+
+def check_weight_names(keys) -> None:
+    """Refuse the checkpoints that look like Based but are not: JRT-RNN, or Based with learned positions."""
+    jrt = [k for k in keys if any(p in k for p in JRT_RNN_KEYS)]
+    if jrt:
+        raise CheckpointError(f"this is a JRT-RNN (prefix linear attention) checkpoint ({jrt[0]}): jrt_prompt runs "
+                              "Based, Mamba, Mamba-2 and GLA models; JRT-RNN is not supported")
+    if POSITION_KEY in keys:
+        raise CheckpointError(f"the checkpoint has learned position embeddings ({POSITION_KEY}; config "
+                              "max_position_embeddings > 0): Based models without them are supported")
+
+
+def _load(tree: BasedWeights, sd: dict[str, torch.Tensor], s: BasedSettings, where: str, device, dtype) -> None:
+    """Give ``tree`` (built on the meta device) the tensors of ``sd``: every one used, every shape checked."""
+    expected = tree.state_dict()
+    if s.tie_embeddings:  # gpt.py tie_weights: the head is the embedding, whatever lm_head.weight holds
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(sd))
+    unused = sorted(set(sd) - set(expected))
+    if missing or unused:
+        raise CheckpointError(f"{where}: weights and config disagree: "
+                              + "; ".join(([f"missing {', '.join(missing[:4])}"] if missing else [])
+                                          + ([f"unused {', '.join(unused[:4])}"] if unused else [])))
+    for k, meta in expected.items():
+        if tuple(sd[k].shape) != tuple(meta.shape):
+            raise CheckpointError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, the config implies "
+                                  f"{tuple(meta.shape)}")
+    tree.load_state_dict({k: sd[k].to(device=device, dtype=dtype) for k in expected}, strict=False, assign=True)
+    if s.tie_embeddings:
+        tree.lm_head.weight = tree.transformer.embeddings.word_embeddings.weight
+
+
+def accepts_model(model) -> bool:
+    return isinstance(model, BasedForCausalLM)
+
+
+def from_model(model: BasedForCausalLM) -> RecurrentLM:
+    """The RecurrentLM inside a BasedForCausalLM (it shares the model's parameters)."""
+    return model.lm
+
+
+def accepts_folder(config: dict, files: set[str]) -> bool:
+    return "alt_mixer" in config or config.get("model_type") == NAME
+
+
+def from_folder(path, config: dict, *, device=None, dtype: torch.dtype | None = None) -> RecurrentLM:
+    """Read a hazyresearch (or save_pretrained) Based folder into a RecurrentLM."""
+    where = f"checkpoint {Path(path)}"
+    sd = normalize_state_dict(read_state_dict(path))
+    check_weight_names(sd.keys())
+    s = settings_from_config(config, weight_keys=sd.keys())
+    emb = sd.get("transformer.embeddings.word_embeddings.weight")
+    dtype = dtype if dtype is not None else (emb.dtype if emb is not None else torch.float32)
+    with torch.device("meta"):
+        tree = BasedWeights(s)
+    _load(tree, sd, s, where, device, dtype)
+    return recurrent_lm(s, tree.transformer, tree.lm_head, eos_token_id=config.get("eos_token_id", 50256),
+                        pad_token_id=config.get("pad_token_id")).eval()
