@@ -55,7 +55,8 @@ class Mamba2Mixer(nn.Module):
             raise ValueError(f"n_groups {n_groups} must divide the {n_heads} heads")
         kw = dict(device=device, dtype=dtype)
         d_inner = n_heads * head_dim
-        self.d_inner, self.n_heads, self.head_dim, self.d_state, self.n_groups = d_inner, n_heads, head_dim, d_state, n_groups
+        self.d_inner, self.n_heads, self.head_dim = d_inner, n_heads, head_dim
+        self.d_state, self.n_groups = d_state, n_groups
         self.d_conv, self.conv_dim = d_conv, d_inner + 2 * n_groups * d_state
         self.dt_limit, self.chunk_size = (float(dt_limit[0]), float(dt_limit[1])), chunk_size
         self.act = activation(hidden_act)
