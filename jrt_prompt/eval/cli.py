@@ -27,7 +27,7 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 
 def load_engine(model: str, tokenizer: str | None, device: str | None, dtype: str | None):
     """The engine for --model (a seam for tests: they swap in a tiny in-memory model)."""
-    from .. import load
+    from ..loading import load
 
     return load(model, tokenizer=tokenizer, device=device, dtype=dtype)
 
@@ -125,8 +125,22 @@ def main(
 
 
 def run() -> None:
-    app(prog_name="jrt-eval")
+    """Console entry point: usage errors are one line too."""
+    try:
+        code = app(prog_name="jrt-eval", standalone_mode=False)
+    except Exception as e:  # click's (typer vendors its own copy): usage errors carry format_message
+        if type(e).__name__ == "Abort":
+            print("jrt-eval: aborted", file=sys.stderr)
+            sys.exit(130)
+        if not hasattr(e, "format_message"):
+            raise
+        print(f"jrt-eval: error: {e.format_message()} (see jrt-eval --help)", file=sys.stderr)
+        code = getattr(e, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("jrt-eval: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()
