@@ -56,6 +56,15 @@ def our_key(key: str) -> str:
     return key
 
 
+def stored_key(ours: str) -> str:
+    """A RecurrentLM name as a checkpoint stores it (for messages)."""
+    for prefix, theirs in (("embedding.", "backbone.embedding(s)."), ("blocks.", "backbone.layers."),
+                           ("norm_f.", "backbone.norm_f.")):
+        if ours.startswith(prefix):
+            return theirs + ours[len(prefix):]
+    return ours
+
+
 def load_weights(lm: RecurrentLM, sd: dict[str, torch.Tensor], *, tie: bool, device=None,
                  dtype: torch.dtype | None = None) -> RecurrentLM:
     """Assign ``sd`` (HF or mamba_ssm names) to ``lm``'s parameters. Tensors are used as they are (shared, no
@@ -74,7 +83,7 @@ def load_weights(lm: RecurrentLM, sd: dict[str, torch.Tensor], *, tie: bool, dev
     missing = [k for k in expected if k not in named]
     if missing:
         raise CheckpointError(f"checkpoint weights lack {len(missing)} tensors the config implies, e.g. "
-                              f"{', '.join(missing[:3])} (model names)")
+                              f"{', '.join(stored_key(k) for k in missing[:3])}")
     unused = [named[k][0] for k in named if k not in expected]
     if unused:
         raise CheckpointError(f"checkpoint weights hold tensors this config does not use: {', '.join(unused[:3])}; "

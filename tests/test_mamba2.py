@@ -13,10 +13,11 @@ import torch
 
 from jrt_prompt.adapters import mamba, mamba2
 from jrt_prompt.checkpoint import read_config
+from jrt_prompt.errors import CheckpointError
 from jrt_prompt.layers.mamba2 import Mamba2Mixer
 from tests.checkpoints_mamba import (assert_differentiable, expect_error, hf_logits, ids_for, load_folder,
-                                     mamba2_norm_before_gate, mamba2_ssm_cfg, mamba2_without_gated_norm,
-                                     mamba_ssm_weights, tiny_mamba2, use_layer_norms, write_hf_folder,
+                                     mamba1_ssm_cfg, mamba2_norm_before_gate, mamba2_ssm_cfg, mamba2_without_gated_norm,
+                                     mamba_ssm_weights, tiny_mamba, tiny_mamba2, use_layer_norms, write_hf_folder,
                                      write_mamba_ssm_folder)
 from tests.properties import _close, check_all
 
@@ -184,3 +185,21 @@ def test_cuda_fast_path_matches_cpu_reference():
     # bfloat16 weights on the kernel path stay close to the float32 reference.
     lm16 = mamba2.from_model(copy.deepcopy(hf).to(torch.bfloat16))
     assert rel(lm16(ids.cuda())[0].float(), full) < 3e-2
+
+
+def test_the_loader_picks_these_adapters(tmp_path):
+    """Through jrt_prompt.loading (what ``jrt_prompt.load`` runs): each folder goes to the right adapter."""
+    from jrt_prompt.loading import load_model
+
+    hf1 = tiny_mamba(seed=10)
+    lm, _ = load_model(write_mamba_ssm_folder(hf1, tmp_path / "m1", mamba1_ssm_cfg(hf1.config)))
+    assert lm.config.arch == "mamba"
+    hf2 = tiny_mamba2(seed=10)
+    lm, _ = load_model(write_mamba_ssm_folder(hf2, tmp_path / "m2", mamba2_ssm_cfg(hf2.config)))
+    assert lm.config.arch == "mamba2"
+    _close(lm(ids_for(48))[0], hf_logits(hf2, ids_for(48)), 1e-4, "mamba_ssm Mamba-2 folder through load_model")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    for folder, words in ((tmp_path / "other", "unsupported kind"), (tmp_path / "empty", "no such model folder")):
+        with pytest.raises(CheckpointError, match=words):
+            load_model(folder)

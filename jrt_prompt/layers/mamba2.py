@@ -106,6 +106,7 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self._gate(y.flatten(-2), z)), {"conv": tail, "ssm": ssm}
 
     def step(self, u, state, positions):
+        # dt_limit clamps here too, unlike mamba_ssm's own step (the same for the released (0, inf) limit).
         z, xBC, dt = self._split_in(u)
         xBC = causal_conv1d_step(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"])
         x, B, C = self._split_conv(self.act(xBC))
