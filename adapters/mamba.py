@@ -6,7 +6,6 @@ RecurrentLM on the meta device, and loading weights into it by assignment (no co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,25 +189,10 @@ def accepts_folder(config: dict, files: set[str]) -> bool:
     return config.get("model_type") == NAME or (is_mamba_ssm_config(config) and mamba_ssm_layer(config) != "Mamba2")
 
 
-_FLOAT_TAGS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-
-
-def decode_float_tags(obj):
-    """transformers >= 5 writes inf/nan in config.json as {"__float__": "Infinity"}; turn those back into floats."""
-    if isinstance(obj, dict):
-        if obj.keys() == {"__float__"} and obj["__float__"] in _FLOAT_TAGS:
-            return _FLOAT_TAGS[obj["__float__"]]
-        return {k: decode_float_tags(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode_float_tags(v) for v in obj]
-    return obj
-
-
 def folder_model(path, config: dict, *, name: str, hf_config: str, from_hf, from_mamba_ssm, device=None,
                  dtype: torch.dtype | None = None) -> RecurrentLM:
     """Read a folder of either format: HF (config.json model_type ``name``, checked by transformers' ``hf_config``
     class) or mamba_ssm. ``from_hf(config_object)`` / ``from_mamba_ssm(dict)`` give the skeleton (and tie flag)."""
-    config = decode_float_tags(config)
     if config.get("model_type") == name:
         import transformers
 
