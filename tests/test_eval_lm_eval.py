@@ -19,7 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from jrt_prompt.engine import Engine  # noqa: E402
 from jrt_prompt.errors import JRTError  # noqa: E402
-from jrt_prompt.eval.fixtures import write_fixtures  # noqa: E402
+from jrt_prompt.eval.fixtures import save_tiny_mamba, write_fixtures  # noqa: E402
 from jrt_prompt.eval.lm_eval_model import TASKS_DIR, JRTLM  # noqa: E402
 from jrt_prompt.eval.tasks import TASKS, build_examples  # noqa: E402
 from jrt_prompt.prompt import JRTPrompt  # noqa: E402
@@ -137,15 +137,8 @@ def _fixture_tasks(folder: Path, data: dict[str, Path]) -> None:
 def test_jrt_lm_eval_runs_twice_tasks_offline(tmp_path):
     """`jrt-lm-eval --model jrt --model_args pretrained=PATH --tasks ...` on fixture files with a tiny random
     MambaForCausalLM: every task scores, and the prompts lm-eval sent are our JRTPrompt texts."""
-    from transformers import MambaConfig, MambaForCausalLM
-
     tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = MambaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, state_size=8, expand=2,
-                      conv_kernel=4, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.eos_token_id)
-    MambaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    save_tiny_mamba(tmp_path / "tiny", tok)
     data = write_fixtures(tmp_path / "data")
     _fixture_tasks(tmp_path / "tasks", data)
     names = ["fixture_swde_once", "fixture_swde_twice", "fixture_fda_twice", "fixture_squad_completion_twice"]
@@ -175,3 +168,19 @@ def test_jrt_lm_eval_runs_twice_tasks_offline(tmp_path):
                       for e in examples)
         assert sent == want
         assert all(not math.isnan(s["contains"]) for s in samples)
+
+
+@pytest.mark.gpu
+def test_jrt_model_scores_on_cuda_match_cpu(tmp_path):
+    """The same tiny checkpoint on CUDA and on CPU: lm-eval scores agree (fp32), and generation runs."""
+    from jrt_prompt.loading import load
+
+    folder = save_tiny_mamba(tmp_path / "tiny", tiny_tokenizer())
+    cpu, gpu = (JRTLM(engine=load(folder, device=d, dtype="float32")) for d in ("cpu", "cuda"))
+    assert gpu.model.device.type == "cuda"
+    pairs = [_req("loglikelihood", "Alice was born in", " Paris"), _req("loglikelihood", "The fox", " is quick.")]
+    for (a, _), (b, _) in zip(cpu.loglikelihood(pairs, disable_tqdm=True), gpu.loglikelihood(pairs, disable_tqdm=True)):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-3)
+    (text,) = gpu.generate_until([_req("generate_until", "Alice was born in", {"until": ["\n"], "max_gen_toks": 5})],
+                                 disable_tqdm=True)
+    assert isinstance(text, str) and "\n" not in text

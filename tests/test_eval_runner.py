@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from jrt_prompt.engine import Engine
 from jrt_prompt.errors import JRTError
 from jrt_prompt.eval import cli, runner
-from jrt_prompt.eval.fixtures import write_fixtures
+from jrt_prompt.eval.fixtures import save_tiny_mamba, write_fixtures
 from jrt_prompt.eval.metrics import contains
 from jrt_prompt.eval.runner import evaluate, parse_modes
 from jrt_prompt.eval.tasks import SyntheticOptions, load_task
@@ -170,30 +170,25 @@ def test_jrt_eval_unreachable_hub(cli_engine, monkeypatch):
     assert "hazyresearch/based-fda" in lines[0] and "--data fda=PATH" in lines[0]
 
 
-def test_jrt_eval_end_to_end_on_a_checkpoint_folder(tmp_path):
-    """A real run, as a user types it: a tiny random MambaForCausalLM saved to a folder with its tokenizer,
-    the fixture files, no network."""
-    import torch
-    from transformers import MambaConfig, MambaForCausalLM
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = MambaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, state_size=8, expand=2,
-                      conv_kernel=4, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.eos_token_id)
-    MambaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+def test_jrt_eval_end_to_end_on_a_checkpoint_folder(tmp_path, monkeypatch):
+    """A real run: a tiny random MambaForCausalLM saved to a folder with its tokenizer, loaded by
+    jrt_prompt.load, the fixture files, no network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_tiny_mamba(tmp_path / "tiny", tiny_tokenizer())
     files = write_fixtures(tmp_path / "data")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "jrt_prompt.eval.cli", "--model", str(tmp_path / "tiny"), "--tasks",
-           "fda,nq,synthetic", "--data", f"fda={files['fda']}", "--data", f"nq={files['nq']}", "--limit", "3",
-           "--synthetic-documents", "1", "--synthetic-records", "3", "--max-new-tokens", "4",
-           "--json", str(tmp_path / "out.json")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = _run("--model", str(tmp_path / "tiny"), "--tasks", "fda,nq,synthetic", "--data", f"fda={files['fda']}",
+             "--data", f"nq={files['nq']}", "--limit", "2", "--synthetic-documents", "1", "--synthetic-records", "2",
+             "--max-new-tokens", "3", "--json", str(tmp_path / "out.json"))
+    assert r.exit_code == 0, r.output
     assert "gap" in r.stdout and "average" in r.stdout
     js = json.loads((tmp_path / "out.json").read_text())
     assert {p["mode"] for p in js["predictions"]} == {"default", "jrt"}
-    for bad_args, needle in ((["--tasks", "nq"], "--data nq=PATH"), (["--batch-size", "0"], "--batch-size")):
-        bad = subprocess.run(cmd[:5] + bad_args, capture_output=True, text=True, env=env, timeout=120)
-        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and needle in bad.stderr
+    assert js["tasks"]["nq"]["skipped"] == {"answer empty or one character": 1}
+
+
+def test_jrt_eval_command_usage_errors_are_one_line():
+    """The console entry point (``jrt-eval`` runs ``cli.run``) turns usage errors into one line, exit 2."""
+    cmd = [sys.executable, "-c", "from jrt_prompt.eval.cli import run; run()", "--model", "x", "--batch-size", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--batch-size" in lines[0] and "jrt-eval --help" in lines[0]

@@ -62,6 +62,21 @@ ROWS: dict[str, list[dict]] = {
 }
 
 
+def save_tiny_mamba(folder: str | Path, tokenizer, *, seed: int = 0) -> Path:
+    """Save a tiny random transformers MambaForCausalLM with ``tokenizer`` to ``folder``: a checkpoint that
+    ``jrt_prompt.load`` reads, for offline runs of jrt-eval and jrt-lm-eval (its answers are noise)."""
+    import torch
+    from transformers import MambaConfig, MambaForCausalLM
+
+    eos = tokenizer.eos_token_id
+    config = MambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, state_size=8, expand=2,
+                         conv_kernel=4, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, bos_token_id=eos)
+    torch.manual_seed(seed)
+    MambaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def write_fixtures(folder: str | Path) -> dict[str, Path]:
     """Write every task's fixture rows to ``folder/TASK.jsonl``; return the paths by task."""
     folder = Path(folder)

@@ -185,7 +185,8 @@ def prompt_text(fmt: str, context: str, question: str) -> str:
         return twice
     if fmt == "question_first":
         head = context.strip()
-        assert twice.startswith(head)
+        if not twice.startswith(head):
+            raise ValueError("the generic JRT prompt no longer starts with the context; update prompt_text")
         return twice[len(head):].lstrip()
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
