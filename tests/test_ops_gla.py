@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from jrt_prompt.ops import gla
 from jrt_prompt.ops.gla import naive
+from tests.checkpoints_gla import require
 
 
 def rel_err(a, b):
@@ -148,7 +149,7 @@ def test_low_precision_inputs_keep_a_float32_state():
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_equal_fla_naive_reference(with_state):
-    fla_naive = pytest.importorskip("fla.ops.gla.naive", reason="flash-linear-attention is not installed")
+    fla_naive = require("fla.ops.gla.naive")
     q, k, v, g, h0 = inputs(2, 33, 2, 8, 6, seed=29)
     h0 = h0 if with_state else None
     want_o, want_s = fla_naive.naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
