@@ -154,8 +154,12 @@ class RecurrentLM(nn.Module):
             new_layers.append(layer_state)
         if last_only:
             h = h[:, -1:]
-        logits = self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+        logits = self._head(h)
         return logits, RecurrentState(new_layers, state.seen + real.sum(1))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        # the final norm reads the (float32) residual stream as it is, like transformers and mamba-ssm
+        return self.lm_head(self.norm_f(h).to(self.lm_head.weight.dtype))
 
     def step(self, token_ids: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """Read one token per row (``token_ids [B]``) and return logits ``[B, V]``; ``state`` is updated in place."""
@@ -167,4 +171,4 @@ class RecurrentLM(nn.Module):
         for block, layer_state in zip(self.blocks, state.layers):
             h = block.step(h, layer_state, positions)
         state.seen.add_(1)
-        return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype))), state
+        return self._head(h), state
