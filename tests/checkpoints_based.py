@@ -226,7 +226,8 @@ def _window_attention(x, sd, p, cfg, layer_idx):
 
 @torch.no_grad()
 def reference_logits(cfg: dict, sd: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-    """GPTLMHeadModel.forward in float32 (prenorm blocks, residual added before each norm, head tied)."""
+    """GPTLMHeadModel.forward in float32 (prenorm blocks, residual added before each norm; the head is the
+    embedding unless tie_word_embeddings is false)."""
     sd = {k: v.float() for k, v in sd.items()}
     eps = cfg["layer_norm_epsilon"]
     residual = F.embedding(ids, sd["transformer.embeddings.word_embeddings.weight"])
@@ -244,4 +245,5 @@ def reference_logits(cfg: dict, sd: dict[str, torch.Tensor], ids: torch.Tensor) 
                            sd.get(p + "mlp.fc1.bias")).chunk(2, dim=-1)
         residual = residual + F.linear(y * F.silu(gate), sd[p + "mlp.fc2.weight"], sd.get(p + "mlp.fc2.bias"))
     h = _rms(residual, sd["transformer.ln_f.weight"], eps)
-    return F.linear(h, sd["transformer.embeddings.word_embeddings.weight"])
+    head = "transformer.embeddings.word_embeddings.weight" if cfg.get("tie_word_embeddings", True) else "lm_head.weight"
+    return F.linear(h, sd[head])

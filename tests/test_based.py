@@ -140,9 +140,12 @@ def test_generate_equals_argmax_loop(hf_model, cfg):
     for use_cache in (True, False):
         got = hf_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=use_cache, eos_token_id=None)
         assert torch.equal(got, want), use_cache
+    # several new tokens after a cache, twice from the same cache (forward never mutates it)
     out = hf_model(ids, use_cache=True)
-    step = hf_model(want[:, 9:10], cache=out.cache, attention_mask=torch.ones(1, 10, dtype=torch.long))
-    _close(step.logits[:, -1], hf_model(want[:, :10]).logits[:, -1])
+    full = hf_model(want).logits
+    for _ in range(2):
+        more = hf_model(want[:, 9:14], cache=out.cache, attention_mask=torch.ones(1, 14, dtype=torch.long))
+        _close(more.logits, full[:, 9:14])
 
 
 @torch.no_grad()
@@ -184,6 +187,20 @@ def test_training_loss_backpropagates(hf_model, cfg):
     grads = [p.grad for p in hf_model.parameters()]
     assert torch.isfinite(out.loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
     hf_model.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def test_untied_head(tmp_path, cfg, weights):
+    untied = {**cfg, "tie_word_embeddings": False}
+    sd = {**weights, "lm_head.weight": torch.randn_like(weights["lm_head.weight"])}
+    path = write_checkpoint(tmp_path / "untied", untied, sd)
+    ids = _ids(cfg["vocab_size"], (1, 11), seed=10)
+    want = reference_logits(untied, sd, ids)
+    model = based.from_folder(path, untied)
+    assert model.lm_head.weight is not model.embedding.weight
+    _close(model(ids)[0], want)
+    hf = BasedForCausalLM.from_pretrained(path, config=BasedConfig.from_pretrained(path))
+    _close(hf(ids).logits, want)
 
 
 # --------------------------------------------------------------------------- what is refused
