@@ -1,0 +1,426 @@
+"""Our Triton Based kernels (prefill with state in/out, one-token step) against a float64 reference.
+
+CPU: the kernels run under Triton's interpreter, which must be switched on before triton is imported,
+so every check runs in one child process (``python tests/test_ops_based_triton.py``) with
+TRITON_INTERPRET=1; each pytest test reports one of its results. The interpreter cannot do bf16
+arithmetic, so the kernel runs its 16-bit path with fp16 operands there (bf16 inputs still load and
+store as bf16). GPU (``pytest -m gpu``): the same kernels compiled, bf16 and fp32, poisoned outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+F = 273  # 1 + 16 + 256 public features
+RESULT_TAG = "BASED_TRITON_RESULTS "
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 reference, written from the definition
+
+
+def phi(x: torch.Tensor) -> torch.Tensor:
+    """[..., 16] -> [..., 273]: (1, x/2, vec(x x^T)/(4 sqrt 2)), float64."""
+    x = x.double()
+    second = (x[..., :, None] * x[..., None, :]).flatten(-2) / (4 * math.sqrt(2))
+    return torch.cat([torch.ones_like(x[..., :1]), x / 2, second], -1)
+
+
+def reference(q, k, v, initial_state=None, mask=None, eps=1e-6):
+    """Quadratic form in float64: o_i = (phi(q_i).S0 + sum_{j<=i} K_ij v_j) / (phi(q_i).z0 + sum K_ij + eps)."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, T, H, _ = q.shape
+    s = torch.einsum("bihf,bjhf->bhij", q, k) / 4
+    K = (1 + s + s * s / 2) * torch.ones(T, T, dtype=torch.bool).tril()
+    real = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.cpu()
+    K = K * real[:, None, None, :]
+    num = torch.einsum("bhij,bjhd->bihd", K, v)
+    den = K.sum(-1).transpose(1, 2)  # [B, T, H]
+    pk = phi(k) * real[:, :, None, None]
+    kv = torch.einsum("bthf,bthd->bhfd", pk, v)
+    z = pk.sum(1)
+    if initial_state is not None:
+        kv0, z0 = initial_state[0].double().cpu(), initial_state[1].double().cpu()
+        pq = phi(q)
+        num = num + torch.einsum("bthf,bhfd->bthd", pq, kv0)
+        den = den + torch.einsum("bthf,bhf->bth", pq, z0)
+        kv, z = kv + kv0, z + z0
+    o = num / (den[..., None] + eps) * real[:, :, None, None]
+    return o, (kv, z)
+
+
+def rel(a, b) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def inputs(B, T, H, Dv, dtype=torch.float32, device="cpu", seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, T, H, 16, generator=g) * scale for _ in range(2))
+    v = torch.randn(B, T, H, Dv, generator=g)
+    return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype)
+
+
+def left_pad_mask(B, T, pads, device="cpu"):
+    m = torch.ones(B, T, dtype=torch.bool, device=device)
+    for b, p in enumerate(pads):
+        m[b, :p] = False
+    return m
+
+
+def prefix_state(B, H, Dv, seed=7, n=37):
+    """A realistic (symmetric) state: the reference's after n random tokens."""
+    q, k, v = inputs(B, n, H, Dv, seed=seed)
+    return tuple(t.float() for t in reference(q, k, v)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: plain functions, run in the interpreter child on CPU (and reused on the GPU)
+
+
+def _ops():
+    from jrt_prompt.ops.based import triton_chunk, triton_step
+    return triton_chunk, triton_step
+
+
+def check_outputs_and_final_state_fp32():
+    tc, _ = _ops()
+    q, k, v = inputs(2, 100, 2, 32)  # 100: not a multiple of the chunk
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v)
+    ro, (rkv, rz) = reference(q, k, v)
+    assert o.dtype == torch.float32 and kv.dtype == torch.float32 and z.dtype == torch.float32
+    assert tuple(kv.shape) == (2, 2, F, 32) and tuple(z.shape) == (2, 2, F)
+    assert rel(o, ro) < 1e-5, rel(o, ro)
+    assert rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, (rel(kv, rkv), rel(z, rz))
+
+
+def check_initial_state_in():
+    tc, _ = _ops()
+    q, k, v = inputs(2, 70, 2, 32, seed=1)
+    init = prefix_state(2, 2, 32)
+    saved = tuple(t.clone() for t in init)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init)
+    ro, (rkv, rz) = reference(q, k, v, initial_state=init)
+    assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, (rel(o, ro), rel(kv, rkv))
+    assert all(torch.equal(a, b) for a, b in zip(init, saved)), "initial_state was modified"
+
+
+def check_asymmetric_initial_state():
+    """Any public kv gives the reference's outputs; the returned kv has the x_i x_j and x_j x_i rows averaged."""
+    tc, _ = _ops()
+    q, k, v = inputs(1, 50, 2, 16, seed=2)
+    g = torch.Generator().manual_seed(3)
+    kv0 = torch.randn(1, 2, F, 16, generator=g)
+    z0 = torch.rand(1, 2, F, generator=g) * 10 + 50  # keeps the normaliser away from zero
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=(kv0, z0))
+    ro, (rkv, rz) = reference(q, k, v, initial_state=(kv0, z0))
+    assert rel(o, ro) < 1e-5, rel(o, ro)
+    sym = rkv.clone()
+    pair = rkv[:, :, 17:].reshape(1, 2, 16, 16, 16)
+    sym[:, :, 17:] = ((pair + pair.transpose(2, 3)) / 2).reshape(1, 2, 256, 16)
+    assert rel(kv, sym) < 1e-5 and rel(z, rz) < 1e-5, (rel(kv, sym), rel(z, rz))
+
+
+def check_split_point_equality():
+    tc, _ = _ops()
+    q, k, v = inputs(2, 150, 2, 32, seed=4)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v)
+    for a in (1, 45, 64, 149):
+        o1, st = tc.taylor_linear_attention(q[:, :a], k[:, :a], v[:, :a])
+        o2, (kv2, z2) = tc.taylor_linear_attention(q[:, a:], k[:, a:], v[:, a:], initial_state=st)
+        both = torch.cat([o1, o2], 1)
+        assert rel(both, o) < 1e-5 and rel(kv2, kv) < 1e-5 and rel(z2, z) < 1e-5, (a, rel(both, o))
+
+
+def check_left_padding():
+    tc, _ = _ops()
+    B, T, H, Dv = 3, 90, 2, 32
+    q, k, v = inputs(B, T, H, Dv, seed=5)
+    pads = (0, 13, 70)
+    mask = left_pad_mask(B, T, pads)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, mask=mask)
+    ro, (rkv, rz) = reference(q, k, v, mask=mask)
+    assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, (rel(o, ro), rel(kv, rkv))
+    assert torch.all(o[~mask] == 0), "padded positions must read 0"
+    # each row equals reading its real tokens alone
+    for b, p in enumerate(pads):
+        ob, (kvb, zb) = tc.taylor_linear_attention(q[b:b + 1, p:], k[b:b + 1, p:], v[b:b + 1, p:])
+        assert rel(o[b:b + 1, p:], ob) < 1e-5 and rel(kv[b:b + 1], kvb) < 1e-5 and rel(z[b:b + 1], zb) < 1e-5, b
+
+
+def check_padding_mid_stream_leaves_state():
+    """After a prefilled state, a fully padded piece returns the state unchanged, exactly."""
+    tc, _ = _ops()
+    q, k, v = inputs(2, 40, 2, 16, seed=6)
+    init = prefix_state(2, 2, 16)
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask)
+    assert torch.all(o == 0)
+    assert torch.equal(kv, init[0]) and torch.equal(z, init[1])
+    mask[0, 39] = True  # one real token in row 0: row 1, still all pads, keeps its state bit for bit
+    _, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask)
+    assert torch.equal(kv[1], init[0][1]) and torch.equal(z[1], init[1][1]) and not torch.equal(z[0], init[1][0])
+    mask[0, 39] = False
+    mask[1, 25:] = True  # then one row turns real: matches the reference from the same state
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask)
+    ro, (rkv, rz) = reference(q, k, v, initial_state=init, mask=mask)
+    assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5
+
+
+def check_value_dims_not_power_of_two():
+    tc, _ = _ops()
+    for Dv in (24, 48):  # one partial block; a full and a partial block of 32
+        q, k, v = inputs(1, 70, 2, Dv, seed=Dv)
+        o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=prefix_state(1, 2, Dv))
+        ro, (rkv, rz) = reference(q, k, v, initial_state=prefix_state(1, 2, Dv))
+        assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, Dv
+
+
+def check_chunk_64_config():
+    tc, _ = _ops()
+    old = dict(tc.interpret_config)
+    tc.interpret_config.update(BT=64, BV=64)
+    try:
+        q, k, v = inputs(2, 130, 2, 48, seed=8)
+        mask = left_pad_mask(2, 130, (0, 66))
+        o, (kv, z) = tc.taylor_linear_attention(q, k, v, mask=mask, initial_state=prefix_state(2, 2, 48))
+        ro, (rkv, rz) = reference(q, k, v, mask=mask, initial_state=prefix_state(2, 2, 48))
+        assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, rel(o, ro)
+    finally:
+        tc.interpret_config.clear()
+        tc.interpret_config.update(old)
+
+
+def check_segments_match_one_pass():
+    tc, _ = _ops()
+    q, k, v = inputs(2, 200, 2, 32, seed=9)
+    mask = left_pad_mask(2, 200, (3, 130))
+    init = prefix_state(2, 2, 32)
+    o1, (kv1, z1) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask, segments=1)
+    o3, (kv3, z3) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask, segments=3)
+    ro, (rkv, rz) = reference(q, k, v, initial_state=init, mask=mask)
+    assert rel(o3, ro) < 1e-5 and rel(kv3, rkv) < 1e-5 and rel(z3, rz) < 1e-5, rel(o3, ro)
+    assert rel(o3, o1) < 1e-5 and rel(kv3, kv1) < 1e-5
+    o, st = tc.taylor_linear_attention(q, k, v, segments=4, output_final_state=False)
+    assert st is None and rel(o, reference(q, k, v)[0]) < 1e-5
+
+
+def check_sixteen_bit_inputs():
+    tc, _ = _ops()
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v = inputs(2, 100, 2, 32, dtype=dtype, seed=10)
+        mask = left_pad_mask(2, 100, (0, 30))
+        init = prefix_state(2, 2, 32)
+        o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask)
+        ro, (rkv, rz) = reference(q, k, v, initial_state=init, mask=mask)
+        assert o.dtype == dtype and kv.dtype == torch.float32
+        assert rel(o, ro) < 1e-2 and rel(kv, rkv) < 1e-2 and rel(z, rz) < 1e-5, (dtype, rel(o, ro), rel(kv, rkv))
+
+
+def check_empty_and_no_state():
+    tc, _ = _ops()
+    q, k, v = inputs(1, 0, 2, 16)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v)
+    assert o.shape == (1, 0, 2, 16) and torch.all(kv == 0) and torch.all(z == 0)
+    init = prefix_state(1, 2, 16)
+    _, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init)
+    assert rel(kv, init[0]) < 1e-6 and torch.equal(z, init[1])
+    q, k, v = inputs(1, 5, 2, 16)
+    o, st = tc.taylor_linear_attention(q, k, v, output_final_state=False)
+    assert st is None and rel(o, reference(q, k, v)[0]) < 1e-5
+
+
+def check_errors():
+    from jrt_prompt.errors import JRTError
+    tc, ts = _ops()
+    q, k, v = inputs(1, 8, 2, 16)
+    bad = [
+        lambda: tc.taylor_linear_attention(q[..., :8], k[..., :8], v),  # feature dim 8
+        lambda: tc.taylor_linear_attention(q, k.double(), v),  # mixed dtypes
+        lambda: tc.taylor_linear_attention(q, k, v, mask=torch.ones(1, 7, dtype=torch.bool)),
+        lambda: tc.taylor_linear_attention(q, k, v, mask=torch.ones(1, 8)),  # not bool
+        lambda: tc.taylor_linear_attention(q, k, v, initial_state=(torch.zeros(1, 2, 272, 16), torch.zeros(1, 2, F))),
+        lambda: ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], torch.zeros(1, 2, F, 16, dtype=torch.float64),
+                                                torch.zeros(1, 2, F)),
+        lambda: ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], torch.zeros(1, 2, 16, F).transpose(2, 3),
+                                                torch.zeros(1, 2, F)),
+    ]
+    for i, call in enumerate(bad):
+        try:
+            call()
+        except JRTError as e:
+            assert str(e), i
+        else:
+            raise AssertionError(f"bad call {i} did not raise JRTError")
+
+
+def check_layout_round_trip():
+    tc, _ = _ops()
+    init = prefix_state(2, 2, 16)[0]
+    back = tc.from_kernel_layout(tc.to_kernel_layout(init))
+    assert rel(back, init) < 1e-6, rel(back, init)
+    assert tuple(tc.to_kernel_layout(init).shape) == (2, 2, 256, 16)
+
+
+def check_step_equals_one_token_prefill():
+    tc, ts = _ops()
+    B, H, Dv = 2, 2, 24
+    q, k, v = inputs(B, 1, H, Dv, seed=11)
+    kv0, z0 = prefix_state(B, H, Dv)
+    o_pre, (kv_pre, z_pre) = tc.taylor_linear_attention(q, k, v, initial_state=(kv0, z0))
+    kv, z = kv0.clone(), z0.clone()
+    ptr = kv.data_ptr(), z.data_ptr()
+    o = ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], kv, z)
+    assert (kv.data_ptr(), z.data_ptr()) == ptr
+    assert rel(o, o_pre[:, 0]) < 1e-5 and rel(kv, kv_pre) < 1e-5 and rel(z, z_pre) < 1e-5, rel(o, o_pre[:, 0])
+
+
+def check_steps_equal_prefill():
+    tc, ts = _ops()
+    B, T, H, Dv = 2, 20, 2, 80  # 80: value blocks of 64 walked inside the program, the last one partial
+    q, k, v = inputs(B, T, H, Dv, seed=12)
+    ro, (rkv, rz) = reference(q, k, v)
+    kv = torch.zeros(B, H, F, Dv)
+    z = torch.zeros(B, H, F)
+    outs = [ts.taylor_linear_attention_step(q[:, t], k[:, t], v[:, t], kv, z) for t in range(T)]
+    o = torch.stack(outs, 1)
+    assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5, rel(o, ro)
+    qh, kh, vh = (x.half() for x in inputs(B, 1, H, Dv, seed=13))
+    oh = ts.taylor_linear_attention_step(qh[:, 0], kh[:, 0], vh[:, 0], kv, z)
+    assert oh.dtype == torch.float16
+
+
+def check_against_naive_module():
+    """When the package's reference (naive.py) is there, ours agrees with it as well."""
+    try:
+        from jrt_prompt.ops.based import naive
+    except ImportError:
+        return "skipped: jrt_prompt.ops.based.naive not importable"
+    tc, ts = _ops()
+    q, k, v = inputs(2, 77, 2, 32, seed=14)
+    mask = left_pad_mask(2, 77, (0, 9))
+    init = prefix_state(2, 2, 32)
+    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask)
+    no, (nkv, nz) = naive.taylor_linear_attention_quadratic(q, k, v, initial_state=init, mask=mask)
+    assert rel(o[mask], no[mask]) < 1e-5 and rel(kv, nkv) < 1e-5 and rel(z, nz) < 1e-5
+    kv1, z1, kv2, z2 = kv.clone(), z.clone(), kv.clone(), z.clone()
+    q1, k1, v1 = (x[:, 0] for x in inputs(2, 1, 2, 32, seed=15))
+    assert rel(ts.taylor_linear_attention_step(q1, k1, v1, kv1, z1),
+               naive.taylor_linear_attention_step(q1, k1, v1, kv2, z2)) < 1e-5
+    assert rel(kv1, kv2) < 1e-5 and rel(z1, z2) < 1e-5
+    return None
+
+
+CHECKS = {name: fn for name, fn in sorted(globals().items()) if name.startswith("check_") and callable(fn)}
+
+
+def _run_checks_here() -> dict[str, str]:
+    results = {}
+    for name, fn in CHECKS.items():
+        try:
+            out = fn()
+            results[name] = out if isinstance(out, str) else "ok"
+        except Exception:  # reported to the parent, which fails that one test
+            results[name] = traceback.format_exc()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest, CPU: one interpreter child for all checks
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, str]:
+    env = dict(os.environ, TRITON_INTERPRET="1", JRT_PROMPT_OPS="auto")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True,
+                          text=True, timeout=600)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    pytest.fail(f"interpreter child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_under_triton_interpreter(name, interpreter_results):
+    result = interpreter_results[name]
+    if result.startswith("skipped"):
+        pytest.skip(result)
+    assert result == "ok", result
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest, GPU: compiled kernels, bf16 and fp32, outputs poisoned first
+
+
+def _poisoned_prefill(tc, q, k, v, **kw):
+    """Runs into a NaN-filled output buffer so that an unwritten element cannot pass."""
+    real = tc._new_output
+    tc._new_output = lambda x: torch.full_like(x, float("nan"))
+    try:
+        return tc.taylor_linear_attention(q, k, v, **kw)
+    finally:
+        tc._new_output = real
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-3)])
+@pytest.mark.parametrize("B,T,H,Dv", [(2, 1000, 4, 64), (1, 333, 2, 96), (3, 130, 2, 128)])
+def test_gpu_prefill_matches_reference(dtype, tol, B, T, H, Dv):
+    tc, _ = _ops()
+    q, k, v = inputs(B, T, H, Dv, dtype=dtype, device="cuda", seed=T)
+    mask = left_pad_mask(B, T, [min(b * 37, T - 1) for b in range(B)], device="cuda")
+    init = prefix_state(B, H, Dv)
+    for segments in (None, 1, 3):
+        o, (kv, z) = _poisoned_prefill(tc, q, k, v, initial_state=tuple(t.cuda() for t in init), mask=mask,
+                                       segments=segments)
+        torch.cuda.synchronize()
+        assert not torch.isnan(o).any() and not torch.isnan(kv).any()
+        ro, (rkv, rz) = reference(q.cpu(), k.cpu(), v.cpu(), initial_state=init, mask=mask.cpu())
+        assert rel(o, ro) < tol and rel(kv, rkv) < tol and rel(z, rz) < 1e-5, (segments, rel(o, ro), rel(kv, rkv))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
+def test_gpu_step_matches_reference(dtype, tol):
+    _, ts = _ops()
+    B, H, Dv = 4, 16, 64
+    q, k, v = inputs(B, 1, H, Dv, dtype=dtype, device="cuda", seed=3)
+    kv0, z0 = prefix_state(B, H, Dv)
+    kv, z = kv0.cuda(), z0.cuda()
+    o = ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], kv, z)
+    ro, (rkv, rz) = reference(q.cpu(), k.cpu(), v.cpu(), initial_state=(kv0, z0))
+    assert rel(o, ro[:, 0]) < tol and rel(kv, rkv) < 1e-5 and rel(z, rz) < 1e-5
+
+
+@pytest.mark.gpu
+def test_gpu_step_is_graph_capturable():
+    _, ts = _ops()
+    B, H, Dv = 2, 4, 64
+    q, k, v = (x[:, 0] for x in inputs(B, 1, H, Dv, dtype=torch.bfloat16, device="cuda", seed=4))
+    kv, z = (t.cuda() for t in prefix_state(B, H, Dv))
+    kv_eager, z_eager = kv.clone(), z.clone()
+    o_eager = ts.taylor_linear_attention_step(q, k, v, kv_eager, z_eager)
+    kv_g, z_g = kv.clone(), z.clone()
+    ts.taylor_linear_attention_step(q, k, v, kv_g.clone(), z_g.clone())  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_g = ts.taylor_linear_attention_step(q, k, v, kv_g, z_g)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_g, o_eager) and torch.equal(kv_g, kv_eager) and torch.equal(z_g, z_eager)
+
+
+if __name__ == "__main__":  # the interpreter child
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1 (pytest does this for you)")
+    torch.set_num_threads(1)
+    print(RESULT_TAG + json.dumps(_run_checks_here()), flush=True)
