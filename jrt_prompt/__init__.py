@@ -6,6 +6,7 @@ prompt format), ``RecurrentState`` (the explicit state), and the ``jrt-ask`` com
 
 from .engine import Engine, ReadDocument
 from .loading import load, wrap
+from . import pipeline_registration  # noqa: F401 - registers the "jrt-question-answering" pipeline task
 from .prompt import JRTPrompt
 from .state import RecurrentState
 
