@@ -114,10 +114,13 @@ def _layer_kinds(cfg: Mapping, n_layer: int) -> list[str]:
 def _conv_settings(cfg: Mapping, d: int) -> dict:
     mixer = cfg["mixer"]
     _target(mixer, "mixer", ("BaseConv",))
-    kernel = mixer.get("kernel_size", mixer.get("kernel_sizes", 3))
-    kernel = kernel[0] if isinstance(kernel, (list, tuple)) and kernel else kernel  # BaseConvWithSiLU4 uses the first
+    if "BaseConvWithSiLU4" in str(mixer.get("_target_", "")):  # takes kernel_sizes and uses the first
+        field, kernel = "mixer.kernel_sizes", mixer.get("kernel_sizes", [3])
+        kernel = kernel[0] if isinstance(kernel, (list, tuple)) and kernel else kernel
+    else:  # BaseConv takes kernel_size; the configs' kernel_sizes goes to its **kwargs unused
+        field, kernel = "mixer.kernel_size", mixer.get("kernel_size", 3)
     if not isinstance(kernel, int) or kernel < 1:
-        raise _bad("mixer.kernel_sizes", kernel, "it must be a positive int")
+        raise _bad(field, kernel, "it must be a positive int")
     expand = mixer.get("expand_proj", 2)
     if not isinstance(expand, int) or expand < 2 or expand * d % 2:
         raise _bad("mixer.expand_proj", expand, "it must be an int >= 2")
@@ -161,7 +164,7 @@ def _window_settings(cfg: Mapping, d: int) -> dict:
     window = swa.get("window_size", 128)
     if not isinstance(window, int) or window < 2:
         raise _bad("alt_mixer_2.window_size", window, "it must be an int >= 2 (each token sees window_size // 2 back)")
-    heads = cfg["n_head"]  # gpt.py sliding_window_additions sets num_heads = config.num_attention_heads
+    heads = cfg.get("n_head", 12)  # gpt.py sliding_window_additions: num_heads = config.num_attention_heads
     if cfg.get("n_head_kv") not in (None, heads):
         raise _bad("n_head_kv", cfg["n_head_kv"], "grouped-query window attention is not run")
     if not isinstance(heads, int) or heads < 1 or d % heads:
@@ -429,7 +432,7 @@ def _load(tree: BasedWeights, sd: dict[str, torch.Tensor], s: BasedSettings, whe
 
 
 def accepts_model(model) -> bool:
-    return isinstance(model, BasedForCausalLM)
+    return any(c.__name__ == "BasedForCausalLM" and c.__module__ == __name__ for c in type(model).__mro__)
 
 
 def from_model(model: BasedForCausalLM) -> RecurrentLM:

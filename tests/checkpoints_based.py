@@ -77,6 +77,17 @@ BASE_CONFIG = {
 }
 
 
+# Every other branch of the same code: other conv shape, biases, partial rotary, per-layer attention scale.
+VARIANT = {
+    "mixer": {"_target_": "based.models.mixers.convolution.BaseConv", "expand_proj": 2, "kernel_size": 4,
+              "l_max": 2048, "use_bias": False},
+    "alt_mixer_layers": [0, 3], "alt_mixer_2_layers": [1, 3],  # layer 3 is in both: the window wins
+    "qkv_proj_bias": True, "out_proj_bias": True, "mlp_fc1_bias": True, "mlp_fc2_bias": True,
+    "rotary_emb_fraction": 0.5, "scale_attn_by_inverse_layer_idx": True, "residual_in_fp32": False,
+    "n_layer": 4, "pad_vocab_size_multiple": 1,
+}
+
+
 def based_config(**overrides) -> dict:
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg.update(copy.deepcopy(overrides))
@@ -110,7 +121,8 @@ def hazyresearch_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             if cfg["mixer"]["use_bias"]:
                 shapes[p + "mixer.in_proj.bias"] = (e * d,)
                 shapes[p + "mixer.out_proj.bias"] = (d,)
-            shapes[p + "mixer.conv.conv.weight"] = (e * d // 2, 1, cfg["mixer"]["kernel_sizes"])
+            kernel = cfg["mixer"].get("kernel_size", 3)  # BaseConv ignores kernel_sizes
+            shapes[p + "mixer.conv.conv.weight"] = (e * d // 2, 1, kernel)
         elif kind == "linear":
             h, f = cfg["alt_mixer"]["num_heads"], cfg["alt_mixer"]["feature_dim"]
             shapes[p + "mixer.proj_q.weight"] = (h * f, d)

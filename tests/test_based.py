@@ -14,7 +14,7 @@ import jrt_prompt
 from jrt_prompt.adapters import based
 from jrt_prompt.adapters.based import BasedConfig, BasedForCausalLM
 from jrt_prompt.errors import CheckpointError
-from tests.checkpoints_based import (based_config, hazyresearch_shapes, random_weights, reference_logits,
+from tests.checkpoints_based import (VARIANT, based_config, hazyresearch_shapes, random_weights, reference_logits,
                                      write_checkpoint)
 from tests.properties import check_all, check_split_points
 from tests.tokenizer_fixture import tiny_tokenizer
@@ -73,6 +73,19 @@ def test_folder_matches_hazyresearch_forward(lm, cfg, weights):
 
 def test_recurrent_lm_properties(lm, cfg):
     check_all(lm, cfg["vocab_size"])
+
+
+def test_variant_config(tmp_path, cfg):
+    """Biases, kernel 4, expand 2, partial rotary, per-layer scale, overlapping layer lists: still hazyresearch's."""
+    variant = {**cfg, **VARIANT}
+    sd = random_weights(variant, seed=11)
+    model = based.from_folder(write_checkpoint(tmp_path / "v", variant, sd), variant)
+    assert [type(b.mixer).__name__ for b in model.blocks] == [
+        "TaylorLinearAttention", "SlidingWindowAttention", "BaseConv", "SlidingWindowAttention"]
+    ids = _ids(cfg["vocab_size"], (2, 33), seed=12)
+    with torch.no_grad():
+        _close(model(ids)[0], reference_logits(variant, sd, ids))
+    check_all(model, cfg["vocab_size"])
 
 
 @torch.no_grad()
