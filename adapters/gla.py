@@ -172,11 +172,26 @@ def accepts_folder(config: dict, files: set[str]) -> bool:
     return config.get("model_type") == "gla"
 
 
+_LEGACY_GATE = re.compile(r"^(model\.layers\.\d+\.mlp\.)gate_proj\.weight$")
+
+
+def split_legacy_mlp(sd: dict[str, torch.Tensor], intermediate_size: int) -> dict[str, torch.Tensor]:
+    """fla before its GatedMLP split (2024, when the fla-hub GLA models were trained) stored gate and up as one
+    ``gate_proj`` [2 * intermediate, hidden] whose output was chunked into (gate, up). fla 0.6.0 cannot load that
+    layout; we split it into today's ``gate_proj`` / ``up_proj``. Other keys pass through unchanged."""
+    out = dict(sd)
+    for key, w in sd.items():
+        m = _LEGACY_GATE.match(key)
+        if m and m.group(1) + "up_proj.weight" not in sd and w.shape[0] == 2 * intermediate_size:
+            out[key], out[m.group(1) + "up_proj.weight"] = w[:intermediate_size], w[intermediate_size:]
+    return out
+
+
 def from_folder(path, config: dict, *, device=None, dtype=None) -> RecurrentLM:
     """Read an fla-format GLA checkpoint (config.json + model.* / lm_head.weight weights)."""
     with torch.device("meta"):
         lm = build(config)
-    sd = read_state_dict(path)
+    sd = split_legacy_mlp(read_state_dict(path), lm.blocks[0].mlp.up_proj.out_features)
     sd = {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
           for k, v in sd.items()}
     _assign(lm, sd, bool(config.get("tie_word_embeddings", False)), f"checkpoint {Path(path)}")

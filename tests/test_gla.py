@@ -137,6 +137,20 @@ def test_load_through_jrt_prompt_load(folders, tmp_path, monkeypatch):
     assert load(folder, dtype="bfloat16").model.dtype == torch.bfloat16
 
 
+def test_legacy_fused_gate_up_mlp_loads(folders, tmp_path):
+    """fla's 2024 layout (the fla-hub GLA era): one gate_proj [2I, d] chunked into (gate, up) in that order."""
+    cfg = gla_config()
+    sd = random_weights(cfg, seed=0)
+    legacy = {k: v for k, v in sd.items() if ".up_proj." not in k}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp."
+        legacy[p + "gate_proj.weight"] = torch.cat([sd[p + "gate_proj.weight"], sd[p + "up_proj.weight"]])
+    lm = load_folder(write_gla_checkpoint(tmp_path / "legacy", cfg, legacy))
+    ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(lm(ids)[0], load_folder(folders["default"])(ids)[0])
+
+
 # --- clear errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, field", [
     ({"attn": {"layers": [1], "num_heads": 2, "num_kv_heads": None, "qkv_bias": False, "window_size": None,
