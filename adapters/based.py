@@ -332,14 +332,9 @@ class BasedForCausalLM(PreTrainedModel, GenerationMixin):
         kwargs.setdefault("key_mapping", KEY_MAPPING)
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if "metrics" not in k)
+        unexpected = [k for k in info.get("unexpected_keys", ()) if "metrics" not in k]
         check_weight_names(unexpected)
-        problems = [f"missing {', '.join(sorted(info['missing_keys'])[:4])}"] if info.get("missing_keys") else []
-        problems += [f"unused {', '.join(unexpected[:4])}"] if unexpected else []
-        problems += [f"mismatched {', '.join(str(m) for m in info['mismatched_keys'][:4])}"] \
-            if info.get("mismatched_keys") else []
-        if problems:
-            raise CheckpointError(f"{pretrained_model_name_or_path}: weights and config disagree: {'; '.join(problems)}")
+        check_same_keys(str(pretrained_model_name_or_path), info.get("missing_keys", ()), unexpected)
         return (model, info) if want_info else model
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, **kwargs):
@@ -410,18 +405,21 @@ def check_weight_names(keys) -> None:
                               "max_position_embeddings > 0): Based models without them are supported")
 
 
+def check_same_keys(where: str, missing, unused) -> None:
+    """A model with some weights left random, or a checkpoint with weights we would ignore, is an error."""
+    problems = [f"{what} {', '.join(sorted(keys)[:4])}" for what, keys in (("missing", missing), ("unused", unused))
+                if keys]
+    if problems:
+        raise CheckpointError(f"{where}: weights and config disagree: {'; '.join(problems)}")
+
+
 def _load(tree: BasedWeights, sd: dict[str, torch.Tensor], s: BasedSettings, where: str, device, dtype) -> None:
     """Give ``tree`` (built on the meta device) the tensors of ``sd``: every one used, every shape checked."""
     expected = tree.state_dict()
     if s.tie_embeddings:  # gpt.py tie_weights: the head is the embedding, whatever lm_head.weight holds
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
         expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(sd))
-    unused = sorted(set(sd) - set(expected))
-    if missing or unused:
-        raise CheckpointError(f"{where}: weights and config disagree: "
-                              + "; ".join(([f"missing {', '.join(missing[:4])}"] if missing else [])
-                                          + ([f"unused {', '.join(unused[:4])}"] if unused else [])))
+    check_same_keys(where, set(expected) - set(sd), set(sd) - set(expected))
     for k, meta in expected.items():
         if tuple(sd[k].shape) != tuple(meta.shape):
             raise CheckpointError(f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, the config implies "

@@ -66,8 +66,9 @@ def _close(a, b, tol=1e-4):
 def test_folder_matches_hazyresearch_forward(lm, cfg, weights):
     ids = _ids(cfg["vocab_size"], (2, 40))  # 40 tokens: several windows of 4, linear attention chunks
     _close(lm(ids)[0], reference_logits(cfg, weights, ids))
-    assert [type(b.mixer).__name__ for b in lm.blocks] == [
-        "BaseConv", "TaylorLinearAttention", "SlidingWindowAttention", "TaylorLinearAttention", "SlidingWindowAttention"]
+    kinds = [type(b.mixer).__name__ for b in lm.blocks]
+    assert kinds == ["BaseConv", "TaylorLinearAttention", "SlidingWindowAttention", "TaylorLinearAttention",
+                     "SlidingWindowAttention"]
     assert lm.lm_head.weight is lm.embedding.weight  # tied, as gpt.py ties it
 
 
