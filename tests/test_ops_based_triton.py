@@ -419,8 +419,61 @@ def test_gpu_step_is_graph_capturable():
     assert torch.equal(o_g, o_eager) and torch.equal(kv_g, kv_eager) and torch.equal(z_g, z_eager)
 
 
-if __name__ == "__main__":  # the interpreter child
-    if os.environ.get("TRITON_INTERPRET") != "1":
+# ---------------------------------------------------------------------------------------------
+# CPU: the kernels compile for Hopper (sm_90a) with Triton's bundled ptxas; no GPU needed
+
+
+def compile_for_hopper() -> dict[str, dict]:
+    """Compiles the prefill (bf16, every option on; and the state-only pass) and the step to cubins."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    tc, ts = _ops()
+
+    def build(fn, consts, num_warps, dtype="bf16"):
+        sig = {}
+        for name in fn.arg_names:
+            if name in consts:
+                sig[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                sig[name] = ("*fp32" if name.startswith(("kv_", "z_")) else "*u8" if name == "mask_ptr"
+                             else "*" + dtype)
+            else:
+                sig[name] = "fp32" if name == "eps" else "i32"
+        kernel = triton.compile(ASTSource(fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": num_warps, "num_stages": 1})
+        return {"cubin_bytes": len(kernel.asm["cubin"]), "shared": kernel.metadata.shared,
+                "wgmma": "wgmma" in kernel.asm["ptx"]}
+
+    bt, bv, warps, _ = tc._CONFIGS_16BIT[0]
+    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, PREC="tf32x3", BT=bt, BV=bv)
+    return {
+        "prefill": build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps),
+        "state_pass": build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, HAS_INIT=False), warps),
+        "step": build(ts._based_step_kernel, {"BV": 64, "BF": 64}, 4),
+    }
+
+
+def test_kernels_compile_for_hopper():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    assert lines, f"compile child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    built = json.loads(lines[0][len(RESULT_TAG):])
+    assert set(built) == {"prefill", "state_pass", "step"}
+    assert all(b["cubin_bytes"] > 0 for b in built.values())
+    assert built["prefill"]["wgmma"], "the prefill's matrix products should run on Hopper's wgmma"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--compile"]:  # the compile child (no interpreter)
+        print(RESULT_TAG + json.dumps(compile_for_hopper()), flush=True)
+        sys.exit(0)
+    if os.environ.get("TRITON_INTERPRET") != "1":  # the interpreter child
         sys.exit("run with TRITON_INTERPRET=1 (pytest does this for you)")
     torch.set_num_threads(1)
     print(RESULT_TAG + json.dumps(_run_checks_here()), flush=True)
