@@ -252,3 +252,41 @@ def test_rotary_is_rotate_half_and_relative():
         return (win.apply_rotary(q[None], cq, sq) * win.apply_rotary(k[None], ck, sk)).sum()
 
     _close(dot(7, 3), dot(107, 103), tol=1e-4)
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dispatch_on_cuda_equals_the_definition(dtype):
+    """On CUDA the dispatchers pick the fast kernels where they import; prefill, split and steps match the CPU
+    definition (bf16 inputs: bf16 tolerance)."""
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    T = 150
+    q, k, v = _qkv(T, seed=7, dv=64)
+    mask = _left_pad(T, (0, 20))
+    state = (torch.randn(B, H, 273, 64), 1 + 5 * torch.rand(B, H, 273))
+    want, (kv_w, z_w) = la.taylor_linear_attention_quadratic(q, k, v, state, mask)
+    qc, kc, vc = (t.cuda().to(dtype) for t in (q, k, v))
+    o1, s = taylor_linear_attention(qc[:, :100], kc[:, :100], vc[:, :100], tuple(t.cuda() for t in state),
+                                    mask[:, :100].cuda())
+    o2, (kv, z) = taylor_linear_attention(qc[:, 100:140], kc[:, 100:140], vc[:, 100:140], s)
+    steps = [taylor_linear_attention_step(qc[:, t], kc[:, t], vc[:, t], kv, z) for t in range(140, T)]
+    got = torch.cat([o1, o2, torch.stack(steps, 1)], 1)
+    assert got.dtype == dtype
+    _close(got.float().cpu(), want, tol)
+    _close(kv.cpu(), kv_w, tol)
+    _close(z.cpu(), z_w, tol)
+
+
+@pytest.mark.gpu
+def test_window_on_cuda_equals_cpu():
+    T, W = 300, 128
+    q, k, v = _win_qkv(T, seed=8, h=4, dh=64)
+    mask = _left_pad(T, (0, 30))
+    pos = _positions(mask)
+    want = win.sliding_window_attention_full(q, k, v, pos, W, mask)
+    cache = win.empty_cache(B, 4, W, 64, "cuda", torch.float32)
+    qc, kc, vc, pc, mc = (t.cuda() for t in (q, k, v, pos, mask))
+    o1, c = win.sliding_window_attention(qc[:, :250], kc[:, :250], vc[:, :250], cache, pc[:, :250], mc[:, :250])
+    steps = [win.sliding_window_attention_step(qc[:, t], kc[:, t], vc[:, t], *c, pc[:, t]) for t in range(250, T)]
+    _close(torch.cat([o1, torch.stack(steps, 1)], 1).cpu(), want, 1e-4)
