@@ -151,9 +151,16 @@ def _argmax_loop(model, ids, n):
 def test_generate_equals_argmax_loop(hf_model, cfg):
     ids = _ids(cfg["vocab_size"], (1, 9), seed=4)
     want = _argmax_loop(hf_model, ids, 12)
-    for use_cache in (True, False):
-        got = hf_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=use_cache, eos_token_id=None)
-        assert torch.equal(got, want), use_cache
+    read = []  # tokens per forward: with the cache, one per new token after the prompt
+    forward = hf_model.lm.forward
+    hf_model.lm.forward = lambda x, *a, **k: read.append(x.shape[1]) or forward(x, *a, **k)
+    try:
+        for use_cache in (True, False):
+            got = hf_model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=use_cache, eos_token_id=None)
+            assert torch.equal(got, want), use_cache
+    finally:
+        del hf_model.lm.forward
+    assert read == [9] + [1] * 11 + list(range(9, 21))
     # several new tokens after a cache, twice from the same cache (forward never mutates it)
     out = hf_model(ids, use_cache=True)
     full = hf_model(want).logits
