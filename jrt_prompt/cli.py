@@ -27,7 +27,14 @@ MAX_NEW_TOKENS = 48  # the paper's evaluation setting; answers are short
 STOP = ("\n",)  # an answer is one line (the paper stops at the first newline too)
 PROGRESS_MIN_TOKENS = 4096  # documents whose first read is at least this long get a progress bar
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
+HELP = """Answer QUESTIONs about the document FILE (- reads stdin) with a recurrent LM that reads it twice.
+
+Several questions share one read of the document. Answers are printed one per line (after the question and a
+tab when there are several); errors are one line on stderr.
+
+Examples: jrt-ask report.txt "Who signed?" "When?";  cat notes.md | jrt-ask - "What is due?" -m ./mamba --json"""
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 # --- input checks (before anything heavy is loaded) --------------------------------------------------
@@ -134,20 +141,21 @@ def stream_answer(pieces, prefix: str) -> str:
 
 # --- the command -------------------------------------------------------------------------------------
 
-@app.command(help=__doc__)
+@app.command(help=HELP)
 def ask(
-    file: str = typer.Argument(..., metavar="FILE|-", help="the document: a UTF-8 text file, or - for stdin"),
-    questions: list[str] = typer.Argument(..., metavar="QUESTION...", help="one or more questions"),
+    file: str = typer.Argument(..., metavar="FILE", help="the document: a UTF-8 text file, or - for stdin"),
+    questions: list[str] = typer.Argument(..., metavar="QUESTION", help="one or more questions"),
     model: str = typer.Option("demo", "--model", "-m", help="checkpoint folder, hub id, or 'demo'"),
-    tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer path or hub id (default: beside the weights)"),
-    repeats: int | None = typer.Option(None, "--repeats", "-r", min=1, help="reads of the document [default: 2]"),
+    tokenizer: str | None = typer.Option(None, "--tokenizer",
+                                         help="tokenizer path or hub id (default: beside the weights)"),
+    repeats: int | None = typer.Option(None, "--repeats", "-r", min=1, help="reads of the document (default: 2)"),
     no_jrt: bool = typer.Option(False, "--no-jrt", help="the plain prompt: read the document once (--repeats 1)"),
     max_new_tokens: int = typer.Option(MAX_NEW_TOKENS, "--max-new-tokens", min=1),
     truncate: str | None = typer.Option(None, "--truncate", metavar="head|tail",
                                         help="cut a document over the model's budget, keeping its head or tail"),
-    budget: int | None = typer.Option(None, "--budget", min=1, help="token budget of a prompt [default: the model's]"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: the loader's]"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 [default: the checkpoint's]"),
+    budget: int | None = typer.Option(None, "--budget", min=1, help="token budget of a prompt (default: the model's)"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the loader's)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)"),
     stream: bool = typer.Option(False, "--stream", help="print each answer as it is generated"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: answers and prompt statistics"),
 ):

@@ -122,8 +122,8 @@ class JRTQuestionAnsweringPipeline(Pipeline):
     def _sanitize_parameters(self, **params):
         unknown = sorted(set(params) - GENERATION_FIELDS - set(PROMPT_FIELDS))
         if unknown:
-            raise JRTError(f"{TASK} got unknown argument(s) {', '.join(unknown)}; it takes "
-                           f"{', '.join(PROMPT_FIELDS)} and the generation fields {', '.join(sorted(GENERATION_FIELDS))}")
+            raise JRTError(f"{TASK} got unknown argument(s) {', '.join(unknown)}; it takes {', '.join(PROMPT_FIELDS)} "
+                           f"and the generation fields {', '.join(sorted(GENERATION_FIELDS))}")
         prompt = {k: params[k] for k in PROMPT_FIELDS if k in params}
         if "trim" in prompt and prompt["trim"] not in (None, *TRIM_POLICIES):
             raise JRTError(f"trim={prompt['trim']!r} must be None or one of {', '.join(TRIM_POLICIES)}")

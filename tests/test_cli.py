@@ -248,6 +248,12 @@ def test_option_conflicts(capsys, no_model_loading, doc_file):
     assert_one_line_error(*ask(capsys, doc_file, "Who?", "--device", "potato"), 2, "not a device name")
 
 
+def test_help(capsys):
+    code, out, err = ask(capsys, "--help")
+    assert code == 0 and err == ""
+    assert all(flag in out for flag in ("--model", "--no-jrt", "--repeats", "--truncate", "--stream", "--json"))
+
+
 def test_usage_errors(capsys):
     assert_one_line_error(*ask(capsys), 2, "Missing argument")
     assert_one_line_error(*ask(capsys, "doc.txt"), 2, "Missing argument")
@@ -279,6 +285,15 @@ def test_runtime_failure_exits_1(capsys, monkeypatch, model, doc_file):
     monkeypatch.setattr(Engine, "generate", broken)
     assert_one_line_error(*ask(capsys, doc_file, "Who?", "--model", model), 1,
                           "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")
+
+
+@pytest.mark.gpu
+def test_cuda_device(capsys, model, doc_file):
+    engine = jrt_prompt.load(model, device="cuda")
+    assert engine.model.device.type == "cuda"
+    want = engine.generate(engine.read(DOC), QUESTIONS, max_new_tokens=NEW, stop=list(cli.STOP))
+    out = ok(capsys, doc_file, *QUESTIONS, "--model", model, "--device", "cuda", "--max-new-tokens", NEW)
+    assert out.split("\n")[:-1] == [f"{q}\t{a.strip()}" for q, a in zip(QUESTIONS, want)]
 
 
 # --- a real process -------------------------------------------------------------------------------
