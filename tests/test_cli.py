@@ -139,7 +139,7 @@ def test_json_statistics(capsys, model, engines, doc_file):
     engine = engines[2]
     prompts = [engine.encode(DOC, q) for q in QUESTIONS]
     shared = prompts[0].shared
-    assert result["model"] == model and result["arch"] == "mamba"
+    assert result["model"] == model and result["arch"] == engine.model.config.arch
     assert result["document_tokens"] == prompts[0].context_tokens > 0
     # one shared first read, then each question's rest of the prompt
     assert result["tokens_read"] == shared + sum(len(p.ids) - shared for p in prompts)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoModelForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 import jrt_prompt
@@ -18,7 +18,6 @@ from jrt_prompt.loading import DEMO_DIR
 from jrt_prompt.model import RecurrentLM
 from jrt_prompt.pipeline import TASK, JRTCheckpoint, JRTQuestionAnsweringPipeline
 from tests.test_cli import REPO, one_thread, write_model_folder  # noqa: F401 - one_thread: autouse fixture
-from tests.tokenizer_fixture import tiny_tokenizer
 
 CONTEXTS = [
     "Alice was born in Paris in 1990. Bob works at the bakery on Main Street.",
@@ -88,7 +87,7 @@ def test_path_answers_equal_engine_generate(qa, folder):
 def test_loaded_model_and_engine(folder, qa):
     model = AutoModelForCausalLM.from_pretrained(folder)
     want = qa(ITEMS, max_new_tokens=NEW)
-    with_tokenizer = pipeline(TASK, model=model, tokenizer=tiny_tokenizer(), device="cpu")
+    with_tokenizer = pipeline(TASK, model=model, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu")
     assert with_tokenizer(ITEMS, max_new_tokens=NEW) == want
     beside_weights = pipeline(TASK, model=model, device="cpu")  # the tokenizer saved in the model's folder
     assert beside_weights(ITEMS, max_new_tokens=NEW) == want
