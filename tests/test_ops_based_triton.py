@@ -448,7 +448,7 @@ def compile_for_hopper() -> dict[str, dict]:
                 "wgmma": "wgmma" in kernel.asm["ptx"]}
 
     bt, bv, warps, _ = tc._CONFIGS_16BIT[0]
-    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, PREC="tf32x3", BT=bt, BV=bv)
+    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, XDT=tl.bfloat16, PREC="tf32x3", BT=bt, BV=bv)
     return {
         "prefill": build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps),
         "state_pass": build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, HAS_INIT=False), warps),

@@ -42,6 +42,7 @@ STATE_DIM = 1 + FEATURE_DIM + FEATURE_DIM * FEATURE_DIM  # 273, the public layou
 SLOTS = 256  # the kernel's folded layout
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit
@@ -74,11 +75,12 @@ def _based_chunk_kernel(
     eps,
     T_BUCKET, BH_BUCKET,  # only in the autotuning key
     HAS_INIT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, WRITE_STATE: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr,
+    DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BV: tl.constexpr,
 ):
     """Grid (value blocks, B * H, segments). State slots are [B * H, NSEG, ...] in and out: kv in
-    the folded [256, DV] layout, the k-sum in the public 273 layout. DT: the dots' operand dtype."""
+    the folded [256, DV] layout, the k-sum in the public 273 layout. DT: the operand dtype of the feature,
+    state and value products; XDT: of the exact small ones (q k^T and k^T k), the inputs' own."""
     iv = tl.program_id(0)
     ibh = tl.program_id(1)
     iseg = tl.program_id(2)
@@ -122,16 +124,18 @@ def _based_chunk_kernel(
         else:
             m = valid
         # padded keys and values load as zeros: they add nothing to the state
-        k = tl.load(k_base + rows[:, None] * stride_kt + offs_f[None, :], mask=m[:, None], other=0.0).to(DT)
-        kT = tl.load(k_base + rows[None, :] * stride_kt + offs_f[:, None], mask=m[None, :], other=0.0).to(DT)
+        kx = tl.load(k_base + rows[:, None] * stride_kt + offs_f[None, :], mask=m[:, None], other=0.0).to(XDT)
+        kTx = tl.load(k_base + rows[None, :] * stride_kt + offs_f[:, None], mask=m[None, :], other=0.0).to(XDT)
         v = tl.load(v_base + rows[:, None] * stride_vt + offs_v[None, :], mask=m[:, None] & vmask[None, :],
                     other=0.0).to(DT)
 
         if WRITE_O:
-            q = tl.load(q_base + rows[:, None] * stride_qt + offs_f[None, :], mask=valid[:, None], other=0.0).to(DT)
-            qf = q.to(tl.float32)
+            qx = tl.load(q_base + rows[:, None] * stride_qt + offs_f[None, :], mask=valid[:, None], other=0.0)
+            qx = qx.to(XDT)
+            qf = qx.to(tl.float32)
+            q = qx.to(DT)
             # inside the chunk: the exact kernel 1 + s + s^2/2, causal, padded keys dropped
-            sc = tl.dot(q, kT, input_precision=PREC) * 0.25
+            sc = tl.dot(qx, kTx, input_precision=PREC) * 0.25
             p = 1.0 + sc + 0.5 * sc * sc
             p = tl.where(causal & m[None, :], p, 0.0)
             acc = tl.dot(p.to(DT), v, input_precision=PREC)
@@ -147,13 +151,13 @@ def _based_chunk_kernel(
             tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
                      mask=valid[:, None] & vmask[None, :])
 
-        kh = kT * 0.5
+        kh = kTx.to(DT) * 0.5
         fk = _folded_features(kh[:, None, :], kh[None, :, :], offs_f[:, None, None], offs_f[None, :, None],
                               m[None, None, :].to(DT), True).to(DT)
         s = tl.dot(tl.reshape(fk, (256, BT)), v, s, input_precision=PREC)
         z0 += tl.sum(m.to(tl.float32), axis=0)
-        z1 += 0.5 * tl.sum(k.to(tl.float32), axis=0)
-        zk += c2 * tl.dot(kT, k, input_precision=PREC)
+        z1 += 0.5 * tl.sum(kx.to(tl.float32), axis=0)
+        zk += c2 * tl.dot(kTx, kx, input_precision=PREC)
 
     if WRITE_STATE:
         tl.store(kv_out_ptr + slot * (256 * DV) + offs_s[:, None] * DV + offs_v[None, :], s, mask=vmask[None, :])
@@ -282,6 +286,7 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
     # Triton 3.9's CPU interpreter computes garbage for bf16 arithmetic (loads, stores and casts are
     # right), so there the 16-bit path runs the same code with fp16 operands.
     dt = tl.float32 if q.dtype == torch.float32 else (tl.float16 if _INTERPRET else tl.bfloat16)
+    xdt = tl.float32 if (_INTERPRET or q.dtype == torch.float32) else _TL_DTYPES[q.dtype]
     prec = "ieee" if _INTERPRET else "tf32x3"  # only used by fp32 dots: about fp32's accuracy
     o_arg = o if o is not None else v  # never written when write_o is False
     args = (q, k, v, o_arg, mask_u8 if mask_u8 is not None else q,
@@ -294,7 +299,7 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
             o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
             float(eps), max(T - 1, 1).bit_length(), max(B * H - 1, 1).bit_length())
     meta = dict(HAS_INIT=kv_in is not None, HAS_MASK=mask_u8 is not None, WRITE_O=write_o,
-                WRITE_STATE=write_state, DT=dt, PREC=prec)
+                WRITE_STATE=write_state, DT=dt, XDT=xdt, PREC=prec)
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
         grid = (triton.cdiv(DV, bv), B * H, nseg)
