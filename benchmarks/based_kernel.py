@@ -235,55 +235,47 @@ def _free():
     torch.cuda.empty_cache()
 
 
+def _bench_on(tensors: list, fn) -> float:
+    """Median ms of fn(*tensors); the tensors are dropped afterwards so that the next row has the memory."""
+    ms = bench(lambda: fn(*tensors))
+    tensors.clear()
+    _free()
+    return ms
+
+
 @guarded("SDPA row")
 def time_sdpa(backend_name, B, N, H=16, D=64):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
-    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 
-    def run():
+    def run(q, k, v):
         with sdpa_kernel(backend):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    ms = bench(run)
-    del q, k, v
-    _free()
-    return ms
+    return _bench_on([torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)], run)
 
 
 @guarded("fla fused_chunk_based row")
 def time_fla_based(B, T, H=16, Dv=64):
     from fla.ops.based import fused_chunk_based
-    q, k, v = make_inputs(B, T, H, Dv, torch.bfloat16, seed=5)
-    ms = bench(lambda: fused_chunk_based(q, k, v))
-    del q, k, v
-    _free()
-    return ms
+    return _bench_on(list(make_inputs(B, T, H, Dv, torch.bfloat16, seed=5)), fused_chunk_based)
 
 
 @guarded("ours row")
 def time_ours(B, T, H=16, Dv=64):
     from jrt_prompt.ops.based import triton_chunk as tc
-    q, k, v = make_inputs(B, T, H, Dv, torch.bfloat16, seed=6)
-    ms = bench(lambda: tc.taylor_linear_attention(q, k, v, output_final_state=True))
-    cfg = tc.last_config()
-    segs = tc.num_segments(B * H, T, q.device)
-    del q, k, v
-    _free()
-    return ms, cfg, segs
+    ms = _bench_on(list(make_inputs(B, T, H, Dv, torch.bfloat16, seed=6)),
+                   lambda q, k, v: tc.taylor_linear_attention(q, k, v, output_final_state=True))
+    return ms, tc.last_config(), tc.num_segments(B * H, T, torch.device("cuda"))
 
 
 @guarded("fla chunk_gla row")
 def time_fla_gla(B, T, H=4, K=256, V=512):
     from fla.ops.gla import chunk_gla
-    q = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16)
+    q, k = (torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")).to(torch.bfloat16) / 16
-    ms = bench(lambda: chunk_gla(q, k, v, g, output_final_state=True))
-    del q, k, v, g
-    _free()
-    return ms
+    g = (torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16).to(torch.bfloat16)
+    return _bench_on([q, k, v, g], lambda *t: chunk_gla(*t, output_final_state=True))
 
 
 @guarded("step row")
