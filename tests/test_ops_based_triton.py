@@ -4,7 +4,8 @@ CPU: the kernels run under Triton's interpreter, which must be switched on befor
 so every check runs in one child process (``python tests/test_ops_based_triton.py``) with
 TRITON_INTERPRET=1; each pytest test reports one of its results. The interpreter cannot do bf16
 arithmetic, so the kernel runs its 16-bit path with fp16 operands there (bf16 inputs still load and
-store as bf16). GPU (``pytest -m gpu``): the same kernels compiled, bf16 and fp32, poisoned outputs.
+store as bf16). Also on CPU: the kernels compile for Hopper (sm_90a) with Triton's bundled ptxas.
+GPU (``pytest -m gpu``): the same kernels compiled and run, bf16 and fp32, outputs poisoned first.
 """
 
 from __future__ import annotations

@@ -338,6 +338,10 @@ def _check(q, k, v, initial_state, mask):
     if mask is not None and (tuple(mask.shape) != (B, T) or mask.dtype != torch.bool):
         raise JRTError(f"taylor_linear_attention: mask must be a bool tensor [B, T] = [{B}, {T}], "
                        f"got {mask.dtype} {tuple(mask.shape)}")
+    per_row = max(T * x.stride(1) for x in (q, k, v))
+    if per_row >= 2 ** 31:
+        raise JRTError(f"taylor_linear_attention (Triton): one batch row spans {per_row} elements (T = {T}); "
+                       f"offsets inside a row are 32-bit, so T * H * Dv must stay below 2^31: split the prompt")
     if initial_state is not None:
         kv, ksum = initial_state
         if tuple(kv.shape) != (B, H, STATE_DIM, Dv) or tuple(ksum.shape) != (B, H, STATE_DIM):
