@@ -250,8 +250,8 @@ def check_errors():
         lambda: tc.taylor_linear_attention(q, k, v, mask=torch.ones(1, 7, dtype=torch.bool)),
         lambda: tc.taylor_linear_attention(q, k, v, mask=torch.ones(1, 8)),  # not bool
         lambda: tc.taylor_linear_attention(q, k, v, initial_state=(torch.zeros(1, 2, 272, 16), torch.zeros(1, 2, F))),
-        lambda: ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], torch.zeros(1, 2, F, 16, dtype=torch.float64),
-                                                torch.zeros(1, 2, F)),
+        lambda: ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0],
+                                                torch.zeros(1, 2, F, 16, dtype=torch.float64), torch.zeros(1, 2, F)),
         lambda: ts.taylor_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], torch.zeros(1, 2, 16, F).transpose(2, 3),
                                                 torch.zeros(1, 2, F)),
     ]
@@ -449,7 +449,8 @@ def compile_for_hopper() -> dict[str, dict]:
                 "wgmma": "wgmma" in kernel.asm["ptx"]}
 
     bt, bv, warps, _ = tc._CONFIGS_16BIT[0]
-    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, XDT=tl.bfloat16, PREC="tf32x3", BT=bt, BV=bv)
+    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, XDT=tl.bfloat16, PREC="tf32x3",
+                 BT=bt, BV=bv)
     return {
         "prefill": build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps),
         "state_pass": build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, HAS_INIT=False), warps),

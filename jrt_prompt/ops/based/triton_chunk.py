@@ -276,7 +276,9 @@ interpret_config: dict = {"BT": 32, "BV": 32}
 def last_config() -> str | None:
     """The config the autotuner picked for the last shape it tuned (for benchmark reports)."""
     cfg = getattr(_tuned_kernel, "best_config", None)
-    return None if cfg is None else f"BT={cfg.kwargs['BT']} BV={cfg.kwargs['BV']} warps={cfg.num_warps} stages={cfg.num_stages}"
+    if cfg is None:
+        return None
+    return f"BT={cfg.kwargs['BT']} BV={cfg.kwargs['BV']} warps={cfg.num_warps} stages={cfg.num_stages}"
 
 
 def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state):
