@@ -1,4 +1,5 @@
-"""Mamba (1): transformers ``MambaForCausalLM``, HF folders (model_type "mamba") and mamba_ssm folders.
+"""Mamba (1): transformers' and fla's ``MambaForCausalLM``, HF folders (model_type "mamba", written by either
+library) and mamba_ssm folders.
 
 Also holds what the Mamba-2 adapter shares with this one: the mamba_ssm config format, building a
 RecurrentLM on the meta device, and loading weights into it by assignment (no copy when nothing is cast).
@@ -65,9 +66,10 @@ def stored_key(ours: str) -> str:
 
 
 def load_weights(lm: RecurrentLM, sd: dict[str, torch.Tensor], *, tie: bool, device=None,
-                 dtype: torch.dtype | None = None) -> RecurrentLM:
+                 dtype: torch.dtype | None = None, keep_fp32: Callable[[str], bool] | None = None) -> RecurrentLM:
     """Assign ``sd`` (HF or mamba_ssm names) to ``lm``'s parameters. Tensors are used as they are (shared, no
-    copy) unless ``device``/``dtype`` ask for a cast; a tied head reuses the embedding's tensor."""
+    copy) unless ``device``/``dtype`` ask for a cast; a tied head reuses the embedding's tensor. With ``dtype``,
+    the parameters ``keep_fp32(our name)`` picks are cast to float32 instead."""
     named = {}
     for key, t in sd.items():
         if our_key(key) in named:
@@ -87,16 +89,19 @@ def load_weights(lm: RecurrentLM, sd: dict[str, torch.Tensor], *, tie: bool, dev
     if unused:
         raise CheckpointError(f"checkpoint weights hold tensors this config does not use: {', '.join(unused[:3])}; "
                               "the config and the weights disagree")
-    cast: dict[int, torch.Tensor] = {}
+    cast: dict[tuple[int, torch.dtype | None], torch.Tensor] = {}
     out = {}
     for k, meta in expected.items():
         key, t = named[k]
         if tuple(t.shape) != tuple(meta.shape):
             raise CheckpointError(f"checkpoint weight {key!r} has shape {tuple(t.shape)}, the config implies "
                                   f"{tuple(meta.shape)}")
-        if id(t) not in cast:  # a tensor held under two names (a tied head) is cast once and stays shared
-            cast[id(t)] = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-        out[k] = cast[id(t)]
+        want = torch.float32 if dtype is not None and keep_fp32 is not None and keep_fp32(k) else dtype
+        if not t.is_floating_point():
+            want = None
+        if (id(t), want) not in cast:  # a tensor held under two names (a tied head) is cast once and stays shared
+            cast[id(t), want] = t.to(device=device, dtype=want)
+        out[k] = cast[id(t), want]
     lm.load_state_dict(out, assign=True)
     return lm
 
@@ -181,7 +186,11 @@ def accepts_model(model) -> bool:
 
 
 def from_model(model) -> RecurrentLM:
-    """A RecurrentLM over the very tensors of a transformers MambaForCausalLM (no copy)."""
+    """A RecurrentLM over the very tensors of a transformers or fla MambaForCausalLM (no copy)."""
+    from . import fla_mamba
+
+    if fla_mamba.is_fla_model(model, HF_CLASS):
+        return fla_mamba.from_model(model, NAME)
     return load_weights(_skeleton_from_hf(model.config), model.state_dict(), tie=False)
 
 
@@ -191,10 +200,16 @@ def accepts_folder(config: dict, files: set[str]) -> bool:
 
 def folder_model(path, config: dict, *, name: str, hf_config: str, from_hf, from_mamba_ssm, device=None,
                  dtype: torch.dtype | None = None) -> RecurrentLM:
-    """Read a folder of either format: HF (config.json model_type ``name``, checked by transformers' ``hf_config``
-    class) or mamba_ssm. ``from_hf(config_object)`` / ``from_mamba_ssm(dict)`` give the skeleton (and tie flag)."""
+    """Read a folder of any format: HF as transformers writes it (config.json model_type ``name``, checked by
+    transformers' ``hf_config`` class) or as fla writes it (same model_type, fla's fields), or mamba_ssm.
+    ``from_hf(config_object)`` / ``from_mamba_ssm(dict)`` give the skeleton (and tie flag)."""
     if config.get("model_type") == name:
         import transformers
+
+        from . import fla_mamba
+
+        if fla_mamba.written_by_fla(config, name, path):
+            return fla_mamba.from_folder(path, config, name, device=device, dtype=dtype)
 
         try:
             c = getattr(transformers, hf_config).from_dict(config)

@@ -1,5 +1,5 @@
-"""Mamba-2: transformers ``Mamba2ForCausalLM``, HF folders (model_type "mamba2") and mamba_ssm folders whose
-ssm_cfg says {"layer": "Mamba2"} (state-spaces/mamba2-130m ... 2.7b)."""
+"""Mamba-2: transformers' and fla's ``Mamba2ForCausalLM``, HF folders (model_type "mamba2", written by either
+library) and mamba_ssm folders whose ssm_cfg says {"layer": "Mamba2"} (state-spaces/mamba2-130m ... 2.7b)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,11 @@ def accepts_model(model) -> bool:
 
 
 def from_model(model) -> RecurrentLM:
-    """A RecurrentLM over the very tensors of a transformers Mamba2ForCausalLM (no copy)."""
+    """A RecurrentLM over the very tensors of a transformers or fla Mamba2ForCausalLM (no copy)."""
+    from . import fla_mamba
+
+    if fla_mamba.is_fla_model(model, HF_CLASS):
+        return fla_mamba.from_model(model, NAME)
     return load_weights(_skeleton_from_hf(model.config), model.state_dict(), tie=False)
 
 
