@@ -83,31 +83,34 @@ def _scan_kernel(
         h = tl.load(h0_ptr + state_off, mask=cn_ok, other=0.0)
     else:
         h = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    u_row = u_ptr + bid * s_ub
-    dt_row = dt_ptr + bid * s_db
-    z_row = z_ptr + bid * s_zb
-    B_row = B_ptr + bid * s_Bb
-    C_row = C_ptr + bid * s_Cb
-    y_row = y_ptr + bid * L * CH
-    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[:, None, None]
+    # Pointers to the current block's first token, advanced by one block per step (64-bit pointer arithmetic,
+    # so offsets inside a block stay small however long the sequence is).
+    u_blk = u_ptr + bid * s_ub
+    dt_blk = dt_ptr + bid * s_db
+    z_blk = z_ptr + bid * s_zb
+    B_blk = B_ptr + bid * s_Bb
+    C_blk = C_ptr + bid * s_Cb
+    m_blk = mask_ptr + bid * s_mb
+    y_blk = y_ptr + bid * L * CH
+    rows = tl.arange(0, BLOCK_L)
+    last = (rows == BLOCK_L - 1)[:, None, None]
     for start in range(0, L, BLOCK_L):
-        offs_l = start + tl.arange(0, BLOCK_L)
-        l_ok = offs_l < L
+        l_ok = start + rows < L
         lc_ok = l_ok[:, None] & c_ok[None, :]
         ln_ok = l_ok[:, None] & (offs_n < N)[None, :]
-        u = tl.load(u_row + offs_l[:, None] * s_ul + offs_c[None, :] * s_uc, mask=lc_ok, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + offs_l[:, None] * s_dl + offs_c[None, :] * s_dc, mask=lc_ok, other=0.0).to(tl.float32)
+        u = tl.load(u_blk + rows[:, None] * s_ul + offs_c[None, :] * s_uc, mask=lc_ok, other=0.0).to(tl.float32)
+        dt = tl.load(dt_blk + rows[:, None] * s_dl + offs_c[None, :] * s_dc, mask=lc_ok, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt = dt + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         keep = lc_ok
         if HAS_MASK:
-            real = tl.load(mask_ptr + bid * s_mb + offs_l * s_ml, mask=l_ok, other=0) != 0
+            real = tl.load(m_blk + rows * s_ml, mask=l_ok, other=0) != 0
             keep = keep & real[:, None]
         dt = tl.where(keep, dt, 0.0)  # past the end and at padding: a = 1, b = 0
-        Bt = tl.load(B_row + offs_l[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=ln_ok, other=0.0).to(tl.float32)
-        Ct = tl.load(C_row + offs_l[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=ln_ok, other=0.0).to(tl.float32)
+        Bt = tl.load(B_blk + rows[:, None] * s_Bl + offs_n[None, :] * s_Bn, mask=ln_ok, other=0.0).to(tl.float32)
+        Ct = tl.load(C_blk + rows[:, None] * s_Cl + offs_n[None, :] * s_Cn, mask=ln_ok, other=0.0).to(tl.float32)
         a = tl.exp2(dt[:, :, None] * A2[None, :, :])
         b = (dt * u)[:, :, None] * Bt[:, None, :]
         a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
@@ -117,12 +120,19 @@ def _scan_kernel(
         if HAS_D:
             y = y + u * Dv[None, :]
         if HAS_Z:
-            z = tl.load(z_row + offs_l[:, None] * s_zl + offs_c[None, :] * s_zc, mask=lc_ok, other=0.0)
+            z = tl.load(z_blk + rows[:, None] * s_zl + offs_c[None, :] * s_zc, mask=lc_ok, other=0.0)
             z = z.to(tl.float32)
             y = y * (z * tl.sigmoid(z))
         if HAS_MASK:
             y = tl.where(real[:, None], y, 0.0)
-        tl.store(y_row + offs_l[:, None] * CH + offs_c[None, :], y.to(y_ptr.dtype.element_ty), mask=lc_ok)
+        tl.store(y_blk + rows[:, None] * CH + offs_c[None, :], y.to(y_ptr.dtype.element_ty), mask=lc_ok)
+        u_blk += BLOCK_L * s_ul
+        dt_blk += BLOCK_L * s_dl
+        z_blk += BLOCK_L * s_zl
+        B_blk += BLOCK_L * s_Bl
+        C_blk += BLOCK_L * s_Cl
+        m_blk += BLOCK_L * s_ml
+        y_blk += BLOCK_L * CH
     tl.store(hT_ptr + state_off, h, mask=cn_ok)
 
 
@@ -169,9 +179,10 @@ def _step_kernel(
 
 # (BLOCK_L, BLOCK_C, num_warps, num_stages) for N = 16; other N keep BLOCK_L * BLOCK_C * N within _MAX_BLOCK.
 # Few channels per program (4-16) give B * C / BLOCK_C programs, enough to fill the GPU at batch 1
-# (1536 channels / 4 = 384 programs). None of these spills registers on sm_90a (ptxas -v; 32 x 16 with 8
-# warps does); stages 2 lets Triton prefetch the next block's inputs. The autotuner times them on the real shape.
-_CONFIGS = [(64, 4, 4, 1), (32, 8, 4, 1), (16, 16, 4, 1), (128, 4, 8, 1), (64, 4, 4, 2), (32, 8, 4, 2)]
+# (1536 channels / 4 = 384 programs). Read off the sm_90a compiler's report (ptxas -v, no GPU at hand when
+# this was written): 96-168 registers a thread, no spills but 12 bytes for 64 x 4 on 4 warps; 128 x 4 on 8
+# warps needs all 255. The autotuner times them on the real shape.
+_CONFIGS = [(32, 4, 4, 1), (64, 4, 8, 1), (32, 8, 4, 1), (16, 16, 4, 1), (64, 4, 4, 1), (32, 4, 4, 2)]
 CONFIG_ENV = "JRT_SCAN_TRITON_CONFIG"  # "BLOCK_L,BLOCK_C,num_warps,num_stages" pins one config, no tuning
 _KEY = ["CH", "N", "B_BUCKET", "HAS_D", "HAS_Z", "HAS_BIAS", "HAS_MASK", "HAS_INIT", "SOFTPLUS"]
 
