@@ -11,6 +11,8 @@ from functools import partial
 import pytest
 import torch
 
+from jrt_prompt.ops.backend import reference_ops
+
 from jrt_prompt.adapters import mamba, mamba2
 from jrt_prompt.checkpoint import read_config
 from jrt_prompt.errors import CheckpointError
@@ -182,9 +184,13 @@ def test_cuda_fast_path_matches_cpu_reference():
     steps = [gpu.step(ids[:, t].cuda(), s)[0][:, None] for t in range(140, 150)]
     full, _ = cpu(ids)
     assert rel(torch.cat([l2, *steps], 1), full[:, 70:]) < 5e-3
-    # bfloat16 weights on the kernel path stay close to the float32 reference.
-    lm16 = mamba2.from_model(copy.deepcopy(hf).to(torch.bfloat16))
-    assert rel(lm16(ids.cuda())[0].float(), full) < 3e-2
+    # bfloat16 weights on the kernel path are as close to the float32 answer as the bf16 reference path is
+    # (bf16 rounding alone is several percent on these random weights: 4.8% measured on an H100)
+    lm16 = mamba2.from_model(copy.deepcopy(hf).to(torch.bfloat16).cuda())
+    fast16 = rel(lm16(ids.cuda())[0].float(), full)
+    with reference_ops():
+        ref16 = rel(lm16(ids.cuda())[0].float(), full)
+    assert fast16 < 1.25 * ref16 + 1e-3, (fast16, ref16)
 
 
 def test_the_loader_picks_these_adapters(tmp_path):

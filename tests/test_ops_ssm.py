@@ -157,7 +157,8 @@ def test_ssd_left_padding_leaves_state_unchanged():
 
 # ------------------------------------------------------------------ GPU: fla fast path
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-3)])
+# fp32: fla runs its float32 dots in TF32 (measured 1.5e-3 on an H100), hence 3e-3
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 3e-3)])
 def test_ssd_fla_matches_reference_on_cuda(dtype, tol):
     pytest.importorskip("fla.ops.simple_gla", reason="flash-linear-attention is not installed (pip install '.[cuda]')")
     kw, h0 = ssd_inputs(b=3, L=300, h=8, p=64, n=128, groups=2, seed=8)
