@@ -1,10 +1,8 @@
-#!/usr/bin/env python
-"""GPU check and benchmark of our Based Triton kernels (chunked prefill with state in/out; one-token step).
+"""``jrt-bench kernels``: GPU check and benchmark of our Based Triton kernels (chunked prefill with state
+in/out; one-token step) in the layout of the paper's Table 5.
 
-Run on a CUDA machine from the repository root (one call, a few minutes on an H100):
-
-    python benchmarks/based_kernel.py            # checks, then the paper's Table 5 layout
-    python benchmarks/based_kernel.py --quick    # checks, then N <= 8192 only
+    jrt-bench kernels                      # checks, then N = 2048 ... 32768 and batch 64 at 16384
+    jrt-bench kernels --lengths 2048,8192  # fewer rows
 
 1. Checks: our kernels against a float64 chunked reference computed on the GPU, at several shapes, in
    bf16 / fp16 (relative error < 1e-2) and fp32 (< 1e-3), outputs poisoned with NaN first, with and
@@ -14,24 +12,18 @@ Run on a CUDA machine from the repository root (one call, a few minutes on an H1
    (no state out), ours at 2N with the final state, fla chunk_gla at 2N (4 heads, K 256, V 512, final
    state); and batch 64 at N = 16384. Speed-ups are over SDPA flash at N. For ours: achieved GB/s and
    TFLOP/s, and the floor from the measured copy bandwidth and bf16 matmul rate.
-Every row that fails prints its error and the script goes on. With OUT set, writes $OUT/based_kernel.json.
+Every row that fails prints its error and the run goes on.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import math
 import os
 import platform
-import sys
 import traceback
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 F = 273
 DEVICE = "cuda"  # the checks also run on "cpu" under TRITON_INTERPRET=1 (a smoke test of this script)
@@ -288,15 +280,14 @@ def time_step(B, H=16, Dv=64):
     return ms
 
 
-def run_timings(quick: bool, ceilings: dict | None):
+def run_timings(Ns: list[int], ceilings: dict | None):
     fla_ok = True
     try:
         import fla  # noqa: F401
     except Exception as e:
         fla_ok = False
         log(f"== fla does not import ({type(e).__name__}: {e}); its rows are skipped")
-    Ns = [2048, 4096, 8192] if quick else [2048, 4096, 8192, 16384, 32768]
-    layouts = [(16, N) for N in Ns] + ([] if quick else [(64, 16384)])
+    layouts = [(16, N) for N in Ns] + ([(64, 16384)] if 16384 in Ns else [])
     log("== timings (ms, median of triton.testing.do_bench); x = speed-up over SDPA flash at N")
     header = f"{'B':>3} {'N':>6} | {'flash(N)':>9} {'cudnn(N)':>9} | {'fla based(2N)':>13} {'ours(2N)+state':>14} " \
              f"{'fla gla(2N)':>11} | {'ours x':>7} {'GB/s':>6} {'TFLOP/s':>7} {'floor ms':>8} {'/floor':>6}  config"
@@ -338,41 +329,20 @@ def run_timings(quick: bool, ceilings: dict | None):
                 f"state traffic {bytes_ / ms / 1e6:6.0f} GB/s")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="time N <= 8192 only")
-    ap.add_argument("--no-checks", action="store_true")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("needs a CUDA GPU")
+def run(lengths: list[int], checks: bool = True, console=None) -> dict:
+    """Checks (unless ``checks`` is False), ceilings, then timings; returns everything measured."""
     import triton
+
     props = torch.cuda.get_device_properties(0)
     RESULTS["meta"] = {"gpu": props.name, "sms": props.multi_processor_count,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
                        "config_env": os.environ.get("JRT_BASED_TRITON_CONFIG")}
-    try:
-        import fla
-        RESULTS["meta"]["fla"] = getattr(fla, "__version__", "?")
-    except Exception:
-        RESULTS["meta"]["fla"] = None
-    log(f"== {props.name} ({props.multi_processor_count} SMs), {RESULTS['meta']['date']}, torch {torch.__version__}, "
-        f"triton {triton.__version__}, fla {RESULTS['meta']['fla']}")
-    if not args.no_checks:
+    if checks:
         run_checks()
     ceilings = measure_ceilings()
     RESULTS["ceilings"] = ceilings
-    run_timings(args.quick, ceilings)
+    run_timings(lengths, ceilings)
     n_fail = sum(1 for c in RESULTS["checks"] if not c.get("ok"))
     log(f"== checks: {len(RESULTS['checks']) - n_fail} ok, {n_fail} failed; rows with errors: {len(RESULTS['errors'])}")
-    out = os.environ.get("OUT")
-    if out:
-        path = Path(out) / "based_kernel.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(RESULTS, indent=1, default=str))
-        log(f"== wrote {path}")
-    return 1 if n_fail else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return RESULTS
