@@ -8,6 +8,7 @@ RecurrentLM on the meta device, and loading weights into it by assignment (no co
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -190,12 +191,24 @@ def from_model(model) -> RecurrentLM:
     from . import fla_mamba
 
     if fla_mamba.is_fla_model(model, HF_CLASS):
-        return fla_mamba.from_model(model, NAME)
+        return fla_mamba.from_model(model, NAME, partial(hf_reading, hf_config="MambaConfig", from_hf=_skeleton_from_hf,
+                                                         where="the model's config"))
     return load_weights(_skeleton_from_hf(model.config), model.state_dict(), tie=False)
 
 
 def accepts_folder(config: dict, files: set[str]) -> bool:
     return config.get("model_type") == NAME or (is_mamba_ssm_config(config) and mamba_ssm_layer(config) != "Mamba2")
+
+
+def hf_reading(config: dict, *, hf_config: str, from_hf, where: str) -> tuple[RecurrentLM, bool]:
+    """The skeleton and tie flag transformers' ``hf_config`` class makes of ``config`` (CheckpointError if invalid)."""
+    import transformers
+
+    try:
+        c = getattr(transformers, hf_config).from_dict(config)
+    except Exception as e:  # noqa: BLE001 - any invalid field becomes one clear error
+        raise CheckpointError(f"{where} is not a valid {hf_config}: {e}") from None
+    return from_hf(c), bool(c.tie_word_embeddings)
 
 
 def folder_model(path, config: dict, *, name: str, hf_config: str, from_hf, from_mamba_ssm, device=None,
@@ -204,18 +217,12 @@ def folder_model(path, config: dict, *, name: str, hf_config: str, from_hf, from
     transformers' ``hf_config`` class) or as fla writes it (same model_type, fla's fields), or mamba_ssm.
     ``from_hf(config_object)`` / ``from_mamba_ssm(dict)`` give the skeleton (and tie flag)."""
     if config.get("model_type") == name:
-        import transformers
-
         from . import fla_mamba
 
-        if fla_mamba.written_by_fla(config, name, path):
+        read_hf = partial(hf_reading, hf_config=hf_config, from_hf=from_hf, where=f"{path}/config.json")
+        if fla_mamba.is_fla_config(config, name, read_hf, where=f"{path}/config.json"):
             return fla_mamba.from_folder(path, config, name, device=device, dtype=dtype)
-
-        try:
-            c = getattr(transformers, hf_config).from_dict(config)
-        except Exception as e:  # noqa: BLE001 - any invalid field becomes one clear error
-            raise CheckpointError(f"{path}/config.json is not a valid {hf_config}: {e}") from None
-        lm, tie = from_hf(c), bool(c.tie_word_embeddings)
+        lm, tie = read_hf(config)
     else:
         lm, tie = from_mamba_ssm(config)
     sd = read_state_dict(path)

@@ -4,6 +4,7 @@ library) and mamba_ssm folders whose ssm_cfg says {"layer": "Mamba2"} (state-spa
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,8 +13,8 @@ from jrt_prompt.errors import CheckpointError
 from jrt_prompt.layers.mamba2 import Mamba2Mixer
 from jrt_prompt.model import RecurrentLM
 
-from .mamba import (NORM_EPS, lm_config_from_hf, build_lm, check_activation, d_inner_of, folder_model,
-                    is_mamba_ssm_config, load_weights, mamba_ssm_layer, mamba_ssm_model)
+from .mamba import (NORM_EPS, build_lm, check_activation, d_inner_of, folder_model, hf_reading, is_mamba_ssm_config,
+                    lm_config_from_hf, load_weights, mamba_ssm_layer, mamba_ssm_model)
 
 NAME = "mamba2"
 HF_CLASS = "Mamba2ForCausalLM"
@@ -81,7 +82,8 @@ def from_model(model) -> RecurrentLM:
     from . import fla_mamba
 
     if fla_mamba.is_fla_model(model, HF_CLASS):
-        return fla_mamba.from_model(model, NAME)
+        return fla_mamba.from_model(model, NAME, partial(hf_reading, hf_config="Mamba2Config",
+                                                         from_hf=_skeleton_from_hf, where="the model's config"))
     return load_weights(_skeleton_from_hf(model.config), model.state_dict(), tie=False)
 
 
