@@ -30,6 +30,7 @@ from jrt_prompt.checkpoint import read_config
 from jrt_prompt.errors import CheckpointError, UnsupportedModelError
 from jrt_prompt.layers.fla_norm import FlaRMSNorm
 from jrt_prompt.loading import as_model
+from jrt_prompt.ops.backend import importable
 from tests.checkpoints_gla import require
 from tests.checkpoints_mamba import ids_for, load_folder, randomize, tiny_mamba, tiny_mamba2
 from tests.properties import _close, check_all
@@ -525,9 +526,10 @@ GPU_REL_TOL = {torch.float32: 1e-3, torch.bfloat16: 3e-2}
 @pytest.mark.parametrize("length", [40, 300])  # 300 > fla's Mamba-2 chunk_size of 256 in its kernels' configs
 @torch.no_grad()
 def test_logits_equal_fla_forward_on_cuda(name, dtype, length):
+    """fla's forward on CUDA: its PyTorch paths and Triton norms, or mamba_ssm's kernels where installed. Where
+    fla's PyTorch prefill tiles the Mamba-2 groups (see above), its one-token path from zero is the reference."""
     extra = {"chunk_size": 256} if VARIANTS[name][0] == "mamba2" else {}
-    base = fla_model(name, seed=11, **extra).cuda()
-    theirs = base.to(dtype) if dtype != torch.float32 else base
+    theirs = fla_model(name, seed=11, **extra).cuda().to(dtype)
     exact = fla_model(name, seed=11, **extra).cuda()
     ids = torch.randint(2, 48, (3, length), generator=torch.Generator().manual_seed(12)).cuda()
     mask = torch.ones_like(ids)
@@ -535,12 +537,37 @@ def test_logits_equal_fla_forward_on_cuda(name, dtype, length):
     mask[2, :length - 5] = 0
     real = mask.bool()
     ours = wrapped(theirs)
-    for got, want, truth in ((ours(ids)[0], theirs(ids).logits, exact(ids).logits),
-                             (ours(ids, attention_mask=mask)[0][real], theirs(ids, attention_mask=mask).logits[real],
-                              exact(ids, attention_mask=mask).logits[real])):
+    if groups_tiled_by_fla_prefill(name) and not importable("mamba_ssm"):
+        cases = [(ours(ids)[0], stepped_from_zero(theirs, ids), stepped_from_zero(exact, ids))]
+    else:
+        cases = [(ours(ids)[0], theirs(ids).logits, exact(ids).logits),
+                 (ours(ids, attention_mask=mask)[0][real], theirs(ids, attention_mask=mask).logits[real],
+                  exact(ids, attention_mask=mask).logits[real])]
+    for got, want, truth in cases:
         assert rel_err(got, want) < GPU_REL_TOL[dtype]
         if dtype != torch.float32:
             assert rel_err(got, truth) <= 1.5 * rel_err(want, truth) + 2e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", VARIANTS)
+@torch.no_grad()
+def test_pieces_and_steps_on_cuda_equal_one_read_on_cpu(name, dtype):
+    """Our GPU fast paths under fla's layout (bf16: the from_pretrained layout, float32 norms and A_log)."""
+    ids = ids_for(48, batch=3, length=150)
+    want, _ = wrapped(fla_model(name, seed=15))(ids)
+    model = fla_model(name, seed=15).cuda().to(dtype)
+    if dtype == torch.bfloat16:
+        for module in [*[layer.norm for layer in model.backbone.layers], model.backbone.norm_f]:
+            module.float()
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.data = layer.mixer.A_log.data.float()
+    lm = wrapped(model)
+    _, s = lm(ids[:, :100].cuda())
+    l2, s = lm(ids[:, 100:140].cuda(), s)
+    steps = [lm.step(ids[:, t].cuda(), s)[0][:, None] for t in range(140, 150)]
+    assert rel_err(torch.cat([l2, *steps], 1).float().cpu(), want[:, 100:]) < GPU_REL_TOL[dtype]
 
 
 @pytest.mark.gpu
