@@ -1,0 +1,241 @@
+"""The training mixture as fixed-shape batches of token ids with dense supervision.
+
+Formats (jrt_prompt.eval.synthetic, train split only, so no test fact is ever seen):
+- plain (C, Q, A): what a plain prompt asks at inference;
+- jrt (C, Q, C, Q, A): the JRT prompt. Its second copy of C is itself dense recall supervision: every value in it
+  is predictable from the first read (the next-token loss covers all tokens), which is how associative recall
+  is usually trained (every key asked), while the final answer needs only the fact the question asks for;
+- question_first (Q, C, Q, A): the question before the document, as web text often has it (a heading, a FAQ), so
+  keeping what a question asks for while reading is something the model has seen.
+
+Token ids are exactly those of inference: ``JRTPrompt("generic", 1 or 2).encode`` (per-part tokenisation), then the
+completion " value\\n" and EOS; question_first is the JRT prompt without its first context copy ("Question:" has
+no leading blank line). ``FastTokenizer`` only memoises the tokeniser's answers for short strings and calls the
+Rust tokenizer directly; every ``check_every``-th sample is re-encoded with the real tokenizer and compared.
+
+Rows are right-padded (a causal model's outputs at real tokens do not depend on what follows, so the loss is that of
+the unpadded rows) to one of a few bucket lengths (fla autotunes per length); rows of a batch have about the same
+length, and the batch holds about ``tokens_per_batch`` tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from jrt_prompt.eval import synthetic
+from jrt_prompt.prompt import JRTPrompt, piece_ids
+
+FORMATS = synthetic.FORMATS  # plain, jrt, question_first
+DEFAULT_MIX = {"plain": 0.3, "jrt": 0.4, "question_first": 0.3}
+BUCKETS = (64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+
+
+class FastTokenizer:
+    """The subset of a fast HF tokenizer that ``JRTPrompt.encode`` calls, with short strings memoised."""
+
+    MEMO_CHARS = 256
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer
+        self._encode_short = functools.lru_cache(maxsize=1 << 16)(self._encode)
+        self._decode_short = functools.lru_cache(maxsize=1 << 16)(self._decode)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def _decode(self, ids: tuple[int, ...]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def __call__(self, text: str, add_special_tokens: bool = False):
+        if add_special_tokens:
+            raise ValueError("FastTokenizer only tokenises without special tokens")
+        ids = self._encode_short(text) if len(text) <= self.MEMO_CHARS else self._encode(text)
+        return {"input_ids": list(ids)}
+
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
+        if skip_special_tokens or clean_up_tokenization_spaces:
+            raise ValueError("FastTokenizer decodes as JRTPrompt does: no skipping, no clean-up")
+        ids = tuple(ids)
+        return self._decode_short(ids) if len(ids) <= 64 else self._decode(ids)
+
+
+@dataclass(frozen=True)
+class Sample:
+    ids: list[int]
+    answer_start: int  # index in ids of the first completion token (the value)
+    format: str
+    records: int
+    recall: tuple[int, int] | None = None  # [start, end) of a JRT row's second context copy: predictable tokens
+
+
+class SampleEncoder:
+    """(format, document, fact) -> token ids of prompt + completion + EOS, as inference tokenises them."""
+
+    def __init__(self, tokenizer, check_every: int = 64):
+        self.tokenizer = tokenizer
+        self.fast = FastTokenizer(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        self.prompts = {1: JRTPrompt("generic", 1), 2: JRTPrompt("generic", 2)}
+        self.question_head = piece_ids(tokenizer, "Question:")
+        self.first_question = piece_ids(tokenizer, "\n\nQuestion:")
+        self.check_every, self._count = check_every, 0
+
+    def prompt_ids(self, fmt: str, context: str, question: str, tokenizer=None) -> tuple[list[int], int]:
+        """The prompt's ids and how many tokens one copy of the context takes."""
+        tok = tokenizer or self.fast
+        if fmt == "plain":
+            enc = self.prompts[1].encode(tok, context, question)
+            return enc.ids, enc.context_tokens
+        enc = self.prompts[2].encode(tok, context, question)
+        if fmt == "jrt":
+            return enc.ids, enc.context_tokens
+        if fmt == "question_first":
+            rest = enc.ids[enc.context_tokens:]
+            if rest[:len(self.first_question)] != self.first_question:
+                raise RuntimeError("the JRT prompt does not continue its first context with '\\n\\nQuestion:'")
+            return self.question_head + rest[len(self.first_question):], enc.context_tokens
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+    def completion_ids(self, value: str) -> list[int]:
+        return self.fast(f" {value}\n")["input_ids"] + [self.eos]
+
+    def encode(self, fmt: str, doc: synthetic.Document, fact: synthetic.Fact) -> Sample:
+        prompt, n_context = self.prompt_ids(fmt, doc.text, fact.question)
+        self._count += 1
+        if self.check_every and self._count % self.check_every == 1:
+            exact, _ = self.prompt_ids(fmt, doc.text, fact.question, tokenizer=self.tokenizer)
+            if exact != prompt:
+                raise RuntimeError(f"memoised tokenisation differs from the tokenizer's for a {fmt} prompt")
+        recall = second_copy(prompt, n_context) if fmt == "jrt" else None
+        return Sample(prompt + self.completion_ids(fact.value), len(prompt), fmt, doc.records, recall)
+
+
+def second_copy(ids: list[int], n_context: int) -> tuple[int, int]:
+    """Where the context's second copy sits in a JRT prompt whose first copy is ``ids[:n_context]``."""
+    head = ids[:n_context]
+    for start in range(n_context + 1, len(ids) - n_context + 1):
+        if ids[start] == head[0] and ids[start:start + n_context] == head:
+            return start, start + n_context
+    raise RuntimeError("the JRT prompt does not hold its context twice")
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, L] long, right-padded with EOS
+    lm_mask: torch.Tensor  # [B, L - 1] bool: position t predicts ids[t + 1], a real token
+    recall_mask: torch.Tensor  # [B, L - 1] bool: predictions of a JRT row's second context copy
+    value_pos: torch.Tensor  # [B] long: the position whose prediction is the value's first token
+    formats: list[str]
+    records: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lm_mask.sum()) + self.ids.shape[0]
+
+    def _map(self, fn) -> "Batch":
+        return Batch(fn(self.ids), fn(self.lm_mask), fn(self.recall_mask), fn(self.value_pos), self.formats,
+                     self.records)
+
+    def pin_memory(self) -> "Batch":  # called by the DataLoader on CUDA machines
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+
+def bucket(length: int, buckets: tuple[int, ...] = BUCKETS) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"a {length}-token sample is longer than the largest bucket ({buckets[-1]}); "
+                     "lower --max-records")
+
+
+def collate(samples: list[Sample], pad_id: int, buckets: tuple[int, ...] = BUCKETS) -> Batch:
+    L = bucket(max(len(s.ids) for s in samples), buckets)
+    ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
+    lm = torch.zeros(len(samples), L - 1, dtype=torch.bool)
+    recall = torch.zeros(len(samples), L - 1, dtype=torch.bool)
+    value_pos = torch.zeros(len(samples), dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = len(s.ids)
+        ids[i, :n] = torch.tensor(s.ids)
+        lm[i, :n - 1] = True
+        if s.recall is not None:
+            recall[i, s.recall[0] - 1:s.recall[1] - 1] = True
+        value_pos[i] = s.answer_start - 1
+    return Batch(ids, lm, recall, value_pos, [s.format for s in samples], [s.records for s in samples])
+
+
+@dataclass
+class MixtureConfig:
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    attributes: int = 3
+    tokens_per_batch: int = 16384
+    max_batch: int = 256
+    buckets: tuple[int, ...] = BUCKETS
+
+
+class BatchStream:
+    """An endless seeded stream of batches from the train split; ``level()`` gives the current largest record
+    count (the curriculum): half the batches draw records from [level/2, level], half from [1, level]; within a
+    batch, JRT rows have that many records and the other formats twice as many (see ``_row_records``)."""
+
+    def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], int]):
+        if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
+                or sum(config.mix.values()) <= 0:
+            raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
+        self.encoder, self.config, self.level = encoder, config, level
+        self.rng = random.Random(f"recall-training:{seed}")
+        self.seed = seed
+        self._generators: dict[int, synthetic.Generator] = {}
+        self._lengths: dict[tuple[str, int], int] = {}
+
+    def _generator(self, records: int) -> synthetic.Generator:
+        if records not in self._generators:
+            self._generators[records] = synthetic.Generator(
+                "train", self.seed * 100_003 + records, records=records, attributes=self.config.attributes,
+                questions=self.config.attributes * records)
+        return self._generators[records]
+
+    def _records(self) -> int:
+        level = max(1, self.level())
+        lo = max(1, level // 2) if self.rng.random() < 0.5 else 1
+        return self.rng.randint(lo, level)
+
+    def _row_length(self, fmt: str, records: int) -> int:
+        """Tokens of one sample (every name, attribute and value is a fixed number of tokens: measured once)."""
+        key = (fmt, records)
+        if key not in self._lengths:
+            doc = self._generator(records).document()
+            self._lengths[key] = len(self.encoder.encode(fmt, doc, doc.asked[0]).ids)
+        return self._lengths[key]
+
+    def _row_records(self, fmt: str, records: int) -> int:
+        """A JRT row reads its document twice: the other formats get documents twice as long, so rows of one batch
+        have about the same length (little padding) and single reads are trained on the longer documents too."""
+        return records if fmt == "jrt" or self.config.mix.get("jrt", 0) <= 0 else 2 * records
+
+    def batch(self) -> Batch:
+        n = self._records()
+        formats, weights = list(self.config.mix), list(self.config.mix.values())
+        longest = max(self._row_length(f, self._row_records(f, n)) for f, w in zip(formats, weights) if w > 0)
+        rows = max(1, min(self.config.max_batch, self.config.tokens_per_batch // bucket(longest, self.config.buckets)))
+        samples: list[Sample] = []
+        while len(samples) < rows:
+            fmt = self.rng.choices(formats, weights)[0]
+            doc = self._generator(self._row_records(fmt, n)).document()
+            # a few questions per document, each its own row (a fresh state, as at inference)
+            for fact in doc.asked[:max(1, min(4, rows - len(samples)))]:
+                samples.append(self.encoder.encode(fmt, doc, fact))
+        return collate(samples, self.encoder.eos, self.config.buckets)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.batch()

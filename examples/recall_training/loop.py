@@ -1,0 +1,265 @@
+"""The timed training run: AdamW with warmup and a time-based cosine, bf16 autocast on CUDA, a record-count
+curriculum that grows when the model recalls, periodic logs, and a guard against parameters that get no gradient.
+
+Loss per batch = mean next-token loss over every real token + ``answer_weight`` x mean loss of the answers' values +
+``recall_weight`` x mean loss over the second context copies of JRT rows (every name and value there is predictable
+from the first read: recall supervision on every fact, as associative-recall training asks every key).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import Batch, BatchStream, MixtureConfig, SampleEncoder
+from .models import Trainable
+
+
+@dataclass
+class TrainConfig:
+    minutes: float = 8.0
+    max_steps: int | None = None  # stop earlier than the time budget (tests, smoke runs)
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    answer_weight: float = 1.0
+    recall_weight: float = 1.0
+    start_records: int = 4
+    max_records: int = 64
+    grow_at: float = 0.8  # value accuracy of JRT rows near the current level that grows the curriculum
+    floor_from: float = 0.45  # from this fraction of the time budget, the level is at least a floor that rises
+    floor_to: float = 0.8  # geometrically to max_records at this fraction
+    log_every_s: float = 30.0
+    workers: int = 2  # data-loader processes (0: in this process)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+
+
+class Curriculum:
+    """The largest record count of JRT rows (other formats get twice as many). Grows by half when the rolling value
+    accuracy of JRT rows with at least level/2 records reaches ``grow_at``, and never stays below the time floor."""
+
+    WINDOW = 512
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.level = min(config.start_records, config.max_records)
+        self.recent: deque[bool] = deque(maxlen=self.WINDOW)
+        self.grown_at: list[tuple[int, int]] = []  # (step, new level)
+
+    def floor(self, progress: float) -> int:
+        c = self.config
+        if progress <= c.floor_from:
+            return 1
+        f = min(1.0, (progress - c.floor_from) / max(1e-9, c.floor_to - c.floor_from))
+        return int(round(c.start_records * (c.max_records / c.start_records) ** f))
+
+    def update(self, batch: Batch, value_correct: list[bool], progress: float, step: int) -> int:
+        level = self.level
+        use_all = "jrt" not in set(batch.formats)
+        for fmt, records, ok in zip(batch.formats, batch.records, value_correct):
+            if (use_all or fmt == "jrt") and records >= max(1, level // 2):
+                self.recent.append(ok)
+        if len(self.recent) == self.WINDOW and sum(self.recent) / self.WINDOW >= self.config.grow_at:
+            level = max(level + 1, int(math.ceil(level * 1.5)))
+            self.recent.clear()
+        level = min(self.config.max_records, max(level, self.floor(progress)))
+        if level != self.level:
+            self.level = level
+            self.grown_at.append((step, level))
+        return self.level
+
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    """Each loader worker runs its own seeded BatchStream; the curriculum level is shared memory."""
+
+    def __init__(self, tokenizer, mixture: MixtureConfig, seed: int, level):
+        self.tokenizer, self.mixture, self.seed, self.level = tokenizer, mixture, seed, level
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        stream = BatchStream(SampleEncoder(self.tokenizer), self.mixture, self.seed * 1000 + worker,
+                             lambda: self.level.value)
+        return iter(stream)
+
+
+def batches(tokenizer, config: TrainConfig, seed: int, level) -> torch.utils.data.DataLoader:
+    dataset = _StreamDataset(tokenizer, config.mixture, seed, level)
+    kw = dict(num_workers=config.workers, prefetch_factor=4, persistent_workers=True) if config.workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=torch.cuda.is_available(), **kw)
+
+
+def param_groups(trainable: Trainable, weight_decay: float, vocab_rows: int) -> list[dict]:
+    """Weight decay on matrices, not on embeddings/head, norms, biases or SSM scalars."""
+    decay, rest = [], []
+    for p in trainable.params:
+        (decay if p.dim() >= 2 and p.shape[0] != vocab_rows else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_at(config: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def batch_loss(logits: torch.Tensor, batch: Batch, answer_weight: float = 1.0, recall_weight: float = 1.0):
+    """(loss, {lm, answer, recall} losses as tensors, per-row value correct) for logits [B, L, V] of ``batch``."""
+    logits = logits[:, :-1]
+    real = batch.lm_mask
+    ce = F.cross_entropy(logits[real].float(), batch.ids[:, 1:][real], reduction="none")  # real positions only
+    rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+    value_logits = logits[rows, batch.value_pos].float()
+    value_targets = batch.ids[rows, batch.value_pos + 1]
+    parts = {"lm": ce.mean(), "answer": F.cross_entropy(value_logits, value_targets)}
+    loss = parts["lm"] + answer_weight * parts["answer"]
+    if "jrt" in batch.formats:  # known on the host: no sync
+        parts["recall"] = ce[batch.recall_mask[real]].mean()
+        loss = loss + recall_weight * parts["recall"]
+    return loss, parts, value_logits.argmax(-1) == value_targets
+
+
+def check_gradients(trainable: Trainable) -> None:
+    """Every parameter must get a gradient: a kernel without backward would otherwise leave layers untrained."""
+    names = {id(p): n for n, p in (trainable.lm or trainable.hf_model).named_parameters()}
+    missing = [names.get(id(p), "?") for p in trainable.params if p.grad is None]
+    if missing:
+        raise RuntimeError(f"{trainable.arch}: no gradient reached {len(missing)} parameters, e.g. {missing[:4]}: "
+                           "the training forward used a path without backward")
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    skipped_steps: int = 0
+    stopped: str = "time"  # time | max_steps | diverged
+    level: int = 0
+    curriculum: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    final: dict = field(default_factory=dict)  # last log line
+
+
+class _Meter:
+    """Sums between two log lines."""
+
+    def __init__(self):
+        self.n = 0
+        self.loss = 0.0
+        self.parts: dict[str, list[float]] = {}
+        self.tokens = 0
+        self.by_format: dict[str, list[int]] = {}
+
+    def add(self, loss: float, parts: dict[str, float], batch: Batch, correct: list[bool]):
+        self.n += 1
+        self.loss += loss
+        for k, v in parts.items():
+            total = self.parts.setdefault(k, [0.0, 0])
+            total[0] += v
+            total[1] += 1
+        self.tokens += batch.tokens
+        for fmt, ok in zip(batch.formats, correct):
+            hit = self.by_format.setdefault(fmt, [0, 0])
+            hit[0] += ok
+            hit[1] += 1
+
+    def line(self, step: int, elapsed: float, level: int, lr: float, seconds: float) -> dict:
+        return {"step": step, "time_s": round(elapsed, 1), "level": level, "lr": round(lr, 6),
+                "loss": round(self.loss / max(1, self.n), 4),
+                **{f"{k}_loss": round(v[0] / v[1], 4) for k, v in sorted(self.parts.items())},
+                "tokens_per_s": round(self.tokens / max(seconds, 1e-9)),
+                "value_acc": {f: round(h[0] / h[1], 3) for f, h in sorted(self.by_format.items())}}
+
+
+def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, device: torch.device,
+          log: Callable[[str], None] = print, on_log: Callable[[TrainResult], None] | None = None) -> TrainResult:
+    """Train until the time budget (or max_steps) is spent; returns what happened (the model is trained in place)."""
+    torch.manual_seed(seed)
+    budget = config.minutes * 60.0
+    curriculum = Curriculum(config)
+    level = mp.Value("i", curriculum.level)
+    vocab_rows = trainable.hf_model.get_input_embeddings().weight.shape[0]
+    opt = torch.optim.AdamW(param_groups(trainable, config.weight_decay, vocab_rows), lr=config.lr,
+                            betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    result = TrainResult(level=curriculum.level)
+    meter, bad_in_a_row = _Meter(), 0
+    trainable.train(True)
+    start = last_log = time.time()
+    lr = config.lr
+    loader = iter(batches(tokenizer, config, seed, level))
+    try:
+        while True:
+            elapsed = time.time() - start
+            if elapsed >= budget:
+                result.stopped = "time"
+                break
+            if config.max_steps is not None and result.steps >= config.max_steps:
+                result.stopped = "max_steps"
+                break
+            batch = next(loader).to(device)
+            progress = elapsed / budget
+            lr = lr_at(config, result.steps, progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast:
+                logits = trainable.logits(batch.ids)
+            loss, parts, correct = batch_loss(logits, batch, config.answer_weight, config.recall_weight)
+            if not torch.isfinite(loss):
+                opt.zero_grad(set_to_none=True)
+                result.skipped_steps += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= 50:
+                    result.stopped = "diverged"
+                    break
+                continue
+            bad_in_a_row = 0
+            loss.backward()
+            if result.steps == 0:
+                check_gradients(trainable)
+            torch.nn.utils.clip_grad_norm_(trainable.params, config.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            correct_rows = correct.tolist()
+            meter.add(loss.item(), {k: v.item() for k, v in parts.items()}, batch, correct_rows)
+            result.steps += 1
+            result.tokens += batch.tokens
+            level.value = curriculum.update(batch, correct_rows, progress, result.steps)
+            now = time.time()
+            if now - last_log >= config.log_every_s:
+                line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log)
+                result.history.append(line)
+                log(_format(trainable.arch, line))
+                meter, last_log = _Meter(), now
+                result.seconds, result.level, result.curriculum = now - start, curriculum.level, curriculum.grown_at
+                if on_log is not None:
+                    on_log(result)
+    finally:
+        loader = None  # stops the worker processes
+    now = time.time()
+    if meter.n:
+        line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log)
+        result.history.append(line)
+        log(_format(trainable.arch, line))
+    result.seconds, result.level, result.curriculum = now - start, curriculum.level, curriculum.grown_at
+    result.final = result.history[-1] if result.history else {}
+    trainable.train(False)
+    return result
+
+
+def _format(arch: str, line: dict) -> str:
+    acc = " ".join(f"{k}={v:.2f}" for k, v in line["value_acc"].items())
+    parts = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in line.items() if k.endswith("_loss"))
+    return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s level {line['level']} loss {line['loss']:.3f} "
+            f"({parts}) value acc {acc} {line['tokens_per_s'] / 1000:.0f}k tok/s lr {line['lr']:.2e}")

@@ -1,0 +1,298 @@
+"""The five small models: HF configs and classes, and the differentiable view each one trains through.
+
+Every model is built as its library's transformers-style class (so ``save_pretrained`` writes a folder that
+``jrt_prompt.load`` and ``AutoModelForCausalLM`` read): BasedForCausalLM (jrt_prompt.adapters.based),
+MambaForCausalLM and Mamba2ForCausalLM (transformers), GLAForCausalLM (fla), LlamaForCausalLM (the attention
+baseline). The recurrent ones train through ``jrt_prompt``'s RecurrentLM over the very same parameter storage
+(``wrap``'s adapters), because its layers have the fast training paths this machine lacks elsewhere:
+
+- GLA and Mamba-2 on CUDA: fla's chunk kernels (``chunk_gla``, ``chunk_simple_gla``), differentiable;
+- Mamba on CUDA: the selective scan written as gated linear attention (``selective_scan_as_gla``), so fla's
+  ``chunk_gla`` runs it; transformers' Mamba without mamba-ssm loops over time in Python, and our chunked
+  reference builds [B, t, t, C, N] tensors per chunk that autograd would keep for the whole sequence;
+- Based: the PyTorch references (``reference_ops``): its Triton prefill kernel has no backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = ("based", "mamba", "mamba2", "gla", "llama")
+RECURRENT = ("based", "mamba", "mamba2", "gla")
+VOCAB_MULTIPLE = 8
+
+
+@dataclass
+class ModelSize:
+    """The knobs the command line exposes; each architecture derives its own config from them."""
+
+    d_model: int = 128
+    n_layer: int = 4  # blocks with an MLP; Mamba and Mamba-2 (no MLP) get twice as many mixer layers
+    state: int | None = None  # d_state (Mamba 16, Mamba-2 32); ignored elsewhere
+    heads: int | None = None  # linear-attention / GLA / attention heads (default d_model // 32)
+    based_pattern: str | None = None  # one letter per layer: c BaseConv, l linear attention, w window
+    window: int = 64  # Based window_size (each token sees window // 2 back)
+
+    def n_heads(self) -> int:
+        return self.heads or max(1, self.d_model // 32)
+
+
+def padded_vocab(n: int) -> int:
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def default_based_pattern(n_layer: int) -> str:
+    """BaseConv, then a window layer (binds a record's name to its values, and a question to the answer cue), then
+    linear attention (the lookup over the whole document), repeated; the last layer is always linear attention.
+    2 layers: "wl"; 4: "cwll"; 6: "cwlcwl"."""
+    if n_layer <= 2:
+        return "wl"[-n_layer:]
+    pattern = ("cwl" * n_layer)[:n_layer]
+    return pattern if pattern.endswith("l") else pattern[:-1] + "l"
+
+
+# --------------------------------------------------------------------------- configs
+def based_config(size: ModelSize, vocab: int, eos: int) -> dict:
+    pattern = size.based_pattern or default_based_pattern(size.n_layer)
+    if len(pattern) != size.n_layer or set(pattern) - set("clw"):
+        raise ValueError(f"--based-pattern {pattern!r} must have one of c/l/w per layer ({size.n_layer} layers)")
+    d, heads = size.d_model, size.n_heads()
+    return {
+        "model_type": "based", "architectures": ["BasedForCausalLM"],
+        "vocab_size": vocab, "n_embd": d, "n_inner": 2 * d, "n_layer": size.n_layer, "n_head": heads,
+        "n_positions": 0, "activation_function": "swiglu", "rms_norm": True, "residual_in_fp32": True,
+        "layer_norm_epsilon": 1e-5, "pad_vocab_size_multiple": VOCAB_MULTIPLE, "tie_word_embeddings": True,
+        "rotary_emb_fraction": 1, "rotary_emb_base": 10000, "qkv_proj_bias": False, "out_proj_bias": False,
+        "mlp_fc1_bias": False, "mlp_fc2_bias": False, "initializer_range": 0.02,
+        "mixer": {"_target_": "based.models.mixers.convolution.BaseConv", "expand_proj": 4, "kernel_sizes": 3,
+                  "use_bias": True, "l_max": 8192},
+        "alt_mixer": {"_target_": "based.models.mixers.linear_attention.LinearAttention", "feature_dim": 16,
+                      "feature_map": {"_target_": "based.models.mixers.linear_attention.TaylorExp", "input_dim": 16},
+                      "num_heads": heads, "l_max": 8192},
+        "alt_mixer_2": {"_target_": "based.models.mixers.slide_attention.SlidingAttention", "causal": True,
+                        "num_heads": heads, "window_size": size.window},
+        "alt_mixer_layers": [i for i, c in enumerate(pattern) if c == "l"],
+        "alt_mixer_2_layers": [i for i, c in enumerate(pattern) if c == "w"],
+        "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
+    }
+
+
+def _hf_config(arch: str, size: ModelSize, vocab: int, eos: int):
+    d, n, heads = size.d_model, size.n_layer, size.n_heads()
+    ids = dict(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    if arch == "based":
+        from jrt_prompt.adapters.based import BasedConfig
+
+        return BasedConfig(**{k: v for k, v in based_config(size, vocab, eos).items() if k != "model_type"})
+    if arch == "mamba":
+        from transformers import MambaConfig
+
+        return MambaConfig(vocab_size=vocab, hidden_size=d, state_size=size.state or 16, num_hidden_layers=2 * n,
+                           expand=2, conv_kernel=4, tie_word_embeddings=True, **ids)
+    if arch == "mamba2":
+        from transformers import Mamba2Config
+
+        head_dim = 32
+        return Mamba2Config(vocab_size=vocab, hidden_size=d, state_size=size.state or 32, num_hidden_layers=2 * n,
+                            expand=2, head_dim=head_dim, num_heads=2 * d // head_dim, n_groups=1, conv_kernel=4,
+                            chunk_size=64, tie_word_embeddings=True, **ids)
+    if arch == "gla":
+        from fla.models import GLAConfig
+
+        return GLAConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n, num_heads=heads, expand_k=0.5,
+                         expand_v=1.0, intermediate_size=3 * d, use_short_conv=True, conv_size=4,
+                         tie_word_embeddings=True, fuse_cross_entropy=False, **ids)
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=3 * d, num_hidden_layers=n,
+                           num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=16384,
+                           tie_word_embeddings=True, attn_implementation="sdpa", **ids)
+    raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+
+
+def build_hf_model(arch: str, size: ModelSize, vocab: int, eos: int, seed: int) -> nn.Module:
+    """The HF model with its library's initialisation, seeded, float32 on CPU."""
+    config = _hf_config(arch, size, padded_vocab(vocab), eos)
+    torch.manual_seed(seed)
+    if arch == "based":
+        from jrt_prompt.adapters.based import BasedForCausalLM as cls
+    elif arch == "mamba":
+        from transformers import MambaForCausalLM as cls
+    elif arch == "mamba2":
+        from transformers import Mamba2ForCausalLM as cls
+    elif arch == "gla":
+        from fla.models import GLAForCausalLM as cls
+    else:
+        from transformers import LlamaForCausalLM as cls
+    return cls(config).float()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameter tensors (a tied head counts once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        key = (p.data_ptr(), tuple(p.shape))
+        if key not in seen:
+            seen.add(key)
+            total += p.numel()
+    return total
+
+
+# --------------------------------------------------------------------------- the training view
+@dataclass
+class Trainable:
+    """What the training loop needs: logits for token ids (no state), the distinct parameters to optimise, the HF
+    model to save, and the RecurrentLM (None for the attention baseline)."""
+
+    arch: str
+    hf_model: nn.Module
+    lm: nn.Module | None
+    params: list[nn.Parameter] = field(default_factory=list)
+    mamba_scan: str = "gla"  # Mamba on CUDA: "gla" (selective_scan_as_gla) or "reference"
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.lm is None:
+            return self.hf_model(input_ids=ids, use_cache=False).logits
+        with training_paths(self.arch, ids.device, self.mamba_scan):
+            return self.lm(ids)[0]
+
+    def train(self, mode: bool = True) -> None:
+        self.hf_model.train(mode)
+        if self.lm is not None:
+            self.lm.train(mode)
+
+
+def retie(module: nn.Module) -> None:
+    """Make parameters that share one storage (a tied head loaded as two Parameters) one Parameter object, so
+    the optimiser updates them once and their gradients add up as in a tied model."""
+    first: dict[tuple, nn.Parameter] = {}
+    for name, p in list(module.named_parameters(remove_duplicate=False)):
+        key = (p.data_ptr(), tuple(p.shape), p.stride())
+        if key not in first:
+            first[key] = p
+        elif first[key] is not p:
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner), attr, first[key])
+
+
+def make_trainable(arch: str, hf_model: nn.Module) -> Trainable:
+    """The model on its final device: the RecurrentLM that ``jrt_prompt.wrap`` would build, sharing storage."""
+    if arch == "llama":
+        params = list(hf_model.parameters())
+        return Trainable(arch, hf_model, None, params)
+    from jrt_prompt.loading import as_model
+
+    lm = as_model(hf_model)
+    retie(lm)
+    hf_ptrs = {p.data_ptr() for p in hf_model.parameters()}
+    alien = [n for n, p in lm.named_parameters() if p.data_ptr() not in hf_ptrs]
+    if alien:  # training them would not change what save_pretrained writes
+        raise RuntimeError(f"the {arch} RecurrentLM does not share these tensors with the HF model: {alien[:4]}")
+    for p in lm.parameters():
+        p.requires_grad_(True)
+    return Trainable(arch, hf_model, lm, list(lm.parameters()))
+
+
+@contextlib.contextmanager
+def training_paths(arch: str, device: torch.device, mamba_scan: str = "gla"):
+    """Pick the differentiable kernels for a training forward on ``device`` (see the module docstring)."""
+    if device.type != "cuda":
+        yield
+        return
+    if arch == "based":
+        from jrt_prompt.ops.backend import reference_ops
+
+        with reference_ops():
+            yield
+        return
+    if arch == "mamba" and mamba_scan == "gla":
+        import jrt_prompt.layers.mamba as mamba_layer
+
+        original = mamba_layer.selective_scan
+        mamba_layer.selective_scan = selective_scan_as_gla
+        try:
+            yield
+        finally:
+            mamba_layer.selective_scan = original
+        return
+    yield
+
+
+def selective_scan_as_gla(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                          initial_state=None, mask=None, chunk_size=None):
+    """Mamba's selective scan (``jrt_prompt.ops.selective_scan.selective_scan``'s signature and results) as gated
+    linear attention with one head per channel: q = C, k = B, v = dt * u, log-decay g[n] = dt * A[c, n], scale 1.
+    The state [B, C, N] is GLA's [B, H=C, K=N, V=1]; the value dim is zero-padded to 16 on CUDA (fla's tiles)."""
+    from jrt_prompt.ops.gla import chunk_gla
+    from jrt_prompt.ops.selective_scan import prepare_dt
+
+    batch, length, channels = u.shape
+    n = A.shape[-1]
+    dt = prepare_dt(delta, delta_bias, delta_softplus, mask=mask)  # [B, L, C] float32
+    work = u.dtype if u.is_cuda else torch.float32
+    q = C.to(work)[:, :, None, :].expand(batch, length, channels, n)
+    k = B.to(work)[:, :, None, :].expand(batch, length, channels, n)
+    v = (dt * u.float()).to(work)[..., None]  # [B, L, C, 1]
+    g = dt[..., None] * A.float()  # [B, L, C, N], <= 0
+    pad = 16 - 1 if u.is_cuda else 0
+    if pad:
+        v = F.pad(v, (0, pad))
+    h0 = None
+    if initial_state is not None:
+        h0 = initial_state.float()[..., None]
+        h0 = F.pad(h0, (0, pad)) if pad else h0
+    o, h = chunk_gla(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), scale=1.0, initial_state=h0,
+                     output_final_state=True)
+    y = o[..., 0].float()  # [B, L, C]
+    if D is not None:
+        y = y + u.float() * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    if mask is not None:
+        y = y * mask[..., None]
+    return y.to(u.dtype), h[..., 0].float()
+
+
+def checked_mamba_scan(choice: str, device: torch.device, log=print) -> str:
+    """``choice`` if it is "reference", or if ``selective_scan_as_gla`` matches the reference scan (values and
+    gradients) on ``device``; else "reference", with a log line saying why."""
+    if choice != "gla":
+        return choice
+    from jrt_prompt.ops.selective_scan import naive
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shapes = dict(u=(2, 150, 32), delta=(2, 150, 32), A=(32, 16), B=(2, 150, 16), C=(2, 150, 16), D=(32,),
+                  z=(2, 150, 32), delta_bias=(32,))
+    inputs = {k: torch.randn(*s, generator=g).to(device) for k, s in shapes.items()}
+    inputs["A"] = -torch.rand(32, 16, generator=g).to(device) * 8
+    outs = []
+    for scan in (naive.selective_scan, selective_scan_as_gla):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        y, h = scan(**leaves)
+        (y.square().sum() + h.sum()).backward()
+        outs.append([y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C")])
+    worst = max(((a - b).abs().max() / (b.abs().max() + 1e-6)).item() for a, b in zip(outs[1], outs[0]))
+    if not worst < 2e-2:  # fla may use TF32 dots on fp32 inputs; a wrong mapping is off by far more
+        log(f"Mamba scan as GLA differs from the reference by {worst:.2e} (relative): training with the reference")
+        return "reference"
+    return "gla"
+
+
+# --------------------------------------------------------------------------- sizes for the report
+def state_bytes(trainable: Trainable, prompt_tokens: int | None = None) -> int:
+    """Bytes of the recurrent state of one sequence (fixed); for attention, its KV cache after ``prompt_tokens``."""
+    if trainable.lm is not None:
+        return trainable.lm.init_state(1).nbytes
+    c = trainable.hf_model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 4  # k and v, float32
+    return per_token * (prompt_tokens or 1)
+
+
+

@@ -1,0 +1,398 @@
+#!/usr/bin/env python
+"""Train small recall models on the synthetic suite, then score plain vs JRT prompts on its test split.
+
+    python examples/train_recall.py --arch based --minutes 8 --out runs/based
+    python examples/train_recall.py --arch all --parallel --minutes 6 --eval-minutes 1.5 --out runs/all
+    python examples/train_recall.py --summarize runs/all --write RESULTS.md
+    python examples/train_recall.py --export-demo runs/all/based      # -> jrt_prompt/demo, then load("demo")
+
+One process per architecture (``--arch all`` starts them as subprocesses, concurrently with ``--parallel``; one
+failing never stops the others). Each writes DIR/results.json as it goes (config, seeds, parameters, state bytes,
+training log, accuracy per document size), so a run killed by a time limit still leaves what it did, and saves
+its checkpoint (``save_pretrained`` + tokenizer) before evaluating. See examples/recall_training/ for the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recall_training import data as data_mod  # noqa: E402
+from recall_training import report  # noqa: E402
+from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
+
+CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes"}
+FLAGS = {"--parallel"}  # options without a value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to do")
+    what.add_argument("--arch", help=f"{', '.join(ARCHS)} or all")
+    what.add_argument("--out", type=Path, help="run folder (with --arch all: one subfolder per architecture)")
+    what.add_argument("--parallel", action="store_true", help="with --arch all: train the five at once on one GPU")
+    what.add_argument("--deadline-minutes", type=float,
+                      help="with --arch all: stop any child still running this long after the launch (default: "
+                           "--minutes + --eval-minutes + 4 per child), then print the table")
+    what.add_argument("--summarize", nargs="+", type=Path, metavar="DIR", help="print the table of these runs")
+    what.add_argument("--write", type=Path, help="with --summarize: also write the table to this file")
+    what.add_argument("--export-demo", type=Path, metavar="RUN", help="copy a Based run into the package's demo")
+    what.add_argument("--demo-dest", type=Path, help="where --export-demo copies to (default: jrt_prompt/demo)")
+    model = p.add_argument_group("model")
+    model.add_argument("--d-model", type=int, default=128)
+    model.add_argument("--n-layer", type=int, default=4, help="blocks with an MLP (Mamba, Mamba-2: twice as many)")
+    model.add_argument("--state", type=int, help="Mamba / Mamba-2 d_state (default 16 / 32)")
+    model.add_argument("--heads", type=int, help="heads (default d_model // 32)")
+    model.add_argument("--based-pattern", help="Based layers, one letter each: c BaseConv, l linear attn, w window")
+    model.add_argument("--window", type=int, default=64, help="Based window_size (sees window/2 tokens back)")
+    model.add_argument("--mamba-scan", choices=("gla", "reference"), default="gla",
+                       help="Mamba training scan on CUDA: as GLA through fla (default) or the PyTorch reference")
+    train = p.add_argument_group("training")
+    train.add_argument("--minutes", type=float, default=8.0, help="training time budget (evaluation comes after)")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--warmup", type=int, default=200)
+    train.add_argument("--tokens-per-batch", type=int, default=16384)
+    train.add_argument("--start-records", type=int, default=4)
+    train.add_argument("--max-records", type=int, default=64, help="largest JRT document in training (curriculum)")
+    train.add_argument("--floor-from", type=float, default=0.45,
+                       help="fraction of the budget after which the curriculum is pushed towards --max-records "
+                            "even without recall (1: never)")
+    train.add_argument("--answer-weight", type=float, default=1.0, help="weight of the answers' value loss")
+    train.add_argument("--recall-weight", type=float, default=1.0, help="weight of the JRT second-copy loss")
+    train.add_argument("--mix", default="plain=0.3,jrt=0.4,question_first=0.3")
+    train.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    train.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines")
+    train.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    train.add_argument("--tokenizer", type=Path, help="a saved tokenizer folder (default: build the demo BPE)")
+    train.add_argument("--vocab-size", type=int, default=1024)
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-records", default="4,8,16,32,64", help="document sizes (records of 3 facts)")
+    ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
+    ev.add_argument("--eval-minutes", type=float, default=2.0, help="evaluation time budget")
+    ev.add_argument("--eval-batch", type=int, default=32)
+    args = p.parse_args(argv)
+    if not (args.summarize or args.export_demo or args.arch):
+        p.error("give --arch (and --out), --summarize DIR... or --export-demo RUN")
+    if args.arch and args.arch != "all" and args.arch not in ARCHS:
+        p.error(f"--arch must be one of {', '.join(ARCHS)} or all")
+    if args.arch and args.out is None:
+        p.error("--out is required with --arch")
+    return args
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in data_mod.FORMATS:
+            raise SystemExit(f"--mix: unknown format {name!r} (formats: {', '.join(data_mod.FORMATS)})")
+        mix[name] = float(weight or 1)
+    return mix
+
+
+def model_size(args) -> ModelSize:
+    return ModelSize(d_model=args.d_model, n_layer=args.n_layer, state=args.state, heads=args.heads,
+                     based_pattern=args.based_pattern, window=args.window)
+
+
+# --------------------------------------------------------------------------- one architecture
+def run_one(args, arch: str, out: Path) -> int:
+    """Train, save, evaluate one model; results.json is kept current throughout. Returns an exit code."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"arch": arch, "status": "starting", "argv": sys.argv, "seed": args.seed,
+                     "size": vars(model_size(args)), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save = lambda: report.write_results(out, results)  # noqa: E731
+    save()
+    log = lambda msg: print(f"[{arch}] {msg}" if not msg.startswith("[") else msg, flush=True)  # noqa: E731
+
+    def stopped(signum, frame):  # the launcher's deadline: say so in results.json, keep what is there
+        results["status"] = f"stopped by signal {signum} while {results['status']}"
+        save()
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        return _run_one(args, arch, out, results, save, log, torch)
+    except Exception as e:  # noqa: BLE001 - recorded, and the exit code tells the launcher
+        results["status"] = "failed"
+        results["error"] = f"{type(e).__name__}: {e}"
+        results["traceback"] = traceback.format_exc()
+        save()
+        log(f"FAILED: {results['error']}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tokenizer(args, out: Path):
+    from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else build_tokenizer(args.vocab_size)
+    save_tokenizer(tok, out)
+    return load_tokenizer(out)
+
+
+def _run_one(args, arch, out, results, save, log, torch) -> int:
+    from recall_training import evaluation, loop, models
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results["versions"] = {"torch": torch.__version__, **_versions()}
+    tokenizer = _tokenizer(args, out)
+    results["tokenizer"] = {"vocab": len(tokenizer), "eos": tokenizer.eos_token_id}
+
+    hf = models.build_hf_model(arch, model_size(args), len(tokenizer), tokenizer.eos_token_id, args.seed)
+    hf.to(device)
+    trainable = models.make_trainable(arch, hf)
+    if arch == "mamba" and device.type == "cuda":
+        trainable.mamba_scan = models.checked_mamba_scan(args.mamba_scan, device, log)
+    results.update(params=models.count_parameters(hf), config=hf.config.to_dict(), status="training")
+    if arch == "llama":
+        results["kv_bytes_per_token"] = models.state_bytes(trainable, 1)
+    else:
+        results["state_bytes"] = models.state_bytes(trainable)
+    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), tokens_per_batch=args.tokens_per_batch)
+    config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
+                              start_records=args.start_records, max_records=args.max_records,
+                              floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),
+                              answer_weight=args.answer_weight, recall_weight=args.recall_weight,
+                              log_every_s=args.log_every, workers=args.workers, mixture=mixture)
+    results["train_config"] = _plain(config)
+    results["seeds"] = {"init": args.seed, "data": args.seed, "test_split": "synthetic default (1234)"}
+    save()
+    log(f"{results['params'] / 1e6:.2f}M parameters on {results['device']}; "
+        f"state {results.get('state_bytes', results.get('kv_bytes_per_token'))} bytes; training {args.minutes} min")
+
+    def on_log(r):
+        results["training"] = _plain(r)
+        save()
+
+    trained = loop.train(trainable, tokenizer, config, args.seed, device, log=log, on_log=on_log)
+    results["training"] = _plain(trained)
+    results["status"] = "saving"
+    save()
+    hf.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    results["saved"] = sorted(p.name for p in out.iterdir() if p.name != report.RESULTS)
+    results["status"] = "evaluating"
+    save()
+
+    deadline = time.time() + args.eval_minutes * 60
+    sizes = [int(s) for s in args.eval_records.split(",") if s.strip()]
+    if arch in RECURRENT:
+        answer = _engine_answerer(out, tokenizer, trainable, device, args.eval_batch, results, log)
+    else:
+        hf.eval()
+        answer = lambda ex, repeats: evaluation.hf_answers(hf, tokenizer, ex, repeats, args.eval_batch)  # noqa: E731
+
+    def on_size(table):
+        results["accuracy"] = table
+        save()
+
+    with torch.no_grad():
+        results["accuracy"] = evaluation.evaluate_sizes(answer, sizes, args.eval_documents, deadline, log=log,
+                                                        on_size=on_size)
+    results["status"] = "done"
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save()
+    print(report.summary_markdown([results]), flush=True)
+    return 0
+
+
+def _engine_answerer(out, tokenizer, trainable, device, batch_size, results, log):
+    """Answers through the saved folder loaded back (what a user gets); its logits are compared with the trained
+    model's first. CUDA graphs are dropped if capturing fails (recorded)."""
+    import torch
+
+    import jrt_prompt
+    from recall_training import evaluation
+
+    loaded = jrt_prompt.load(str(out), device=device, dtype=torch.float32).model
+    ids = torch.randint(0, len(tokenizer), (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        diff = (loaded(ids)[0].float() - trainable.lm(ids)[0].float()).abs().max().item()
+    results["reload_max_abs_logit_diff"] = diff
+    if not diff < 1e-3:
+        raise RuntimeError(f"the saved folder loads to a different model (max logit difference {diff:.3g})")
+    use_graphs = [device.type == "cuda"]
+
+    def answer(examples, repeats):
+        try:
+            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, use_graphs[0])
+        except Exception as e:  # noqa: BLE001
+            if not use_graphs[0]:
+                raise
+            use_graphs[0] = False
+            results["cuda_graphs_error"] = f"{type(e).__name__}: {e}"
+            log(f"CUDA-graph decode failed ({type(e).__name__}: {e}); evaluating without graphs")
+            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, False)
+
+    return answer
+
+
+def _plain(obj):
+    """Dataclasses -> JSON-ready dicts."""
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(obj) if is_dataclass(obj) else obj
+
+
+def _versions() -> dict:
+    found = {}
+    for name in ("transformers", "fla", "triton"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            found[name] = None
+    return found
+
+
+# --------------------------------------------------------------------------- all five
+def child_argv(argv: list[str]) -> list[str]:
+    """The command line minus the options the launcher sets per child."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in CHILD_OPTIONS_DROPPED:
+            skip = "=" not in a and name not in FLAGS
+            continue
+        kept.append(a)
+    return kept
+
+
+def run_all(args, argv: list[str]) -> int:
+    """Each architecture in its own process (at once with --parallel), sharing one tokenizer; logs go to
+    DIR/<arch>/train.log and are echoed here; a child past its deadline is stopped. Prints the table at the end."""
+    from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok_dir = args.tokenizer or args.out / "tokenizer"
+    if args.tokenizer is None:
+        save_tokenizer(build_tokenizer(args.vocab_size), tok_dir)
+    load_tokenizer(tok_dir)  # fail here, not five times
+    base = [sys.executable, str(Path(__file__).resolve()), *child_argv(argv), "--tokenizer", str(tok_dir)]
+    grace = 240.0  # start-up (imports, Triton compiles), saving, and the evaluation's last size
+    deadline_each = (args.minutes + args.eval_minutes) * 60 + grace
+    launch_deadline = time.time() + args.deadline_minutes * 60 if args.deadline_minutes else float("inf")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    codes: dict[str, int | None] = {}
+    pending = list(ARCHS)
+    running: dict[str, tuple[subprocess.Popen, float, Path, object]] = {}
+    positions: dict[str, int] = {}
+    while pending or running:
+        while pending and (args.parallel or not running):
+            arch = pending.pop(0)
+            folder = args.out / arch
+            folder.mkdir(parents=True, exist_ok=True)
+            log_path = folder / "train.log"
+            handle = open(log_path, "w")
+            proc = subprocess.Popen(base + ["--arch", arch, "--out", str(folder)], stdout=handle,
+                                    stderr=subprocess.STDOUT, env=env)
+            running[arch] = (proc, min(time.time() + deadline_each, launch_deadline), log_path, handle)
+            positions[arch] = 0
+            print(f"[launcher] started {arch} (pid {proc.pid}), log {log_path}", flush=True)
+        time.sleep(2.0)
+        for arch, (proc, deadline, log_path, handle) in list(running.items()):
+            positions[arch] = _echo(log_path, positions[arch])
+            if proc.poll() is None and time.time() > deadline:
+                print(f"[launcher] {arch} is past its deadline: stopping pid {proc.pid}", flush=True)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.poll() is not None:
+                positions[arch] = _echo(log_path, positions[arch])
+                handle.close()
+                codes[arch] = proc.returncode
+                del running[arch]
+                print(f"[launcher] {arch} finished with exit code {proc.returncode}", flush=True)
+    table = report.summary_markdown(report.read_results([args.out]))
+    (args.out / "RESULTS.md").write_text(table)
+    print(table, flush=True)
+    print(json.dumps({"exit_codes": codes}), flush=True)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def _echo(path: Path, position: int) -> int:
+    """Print the lines a child has logged since ``position`` (noise from libraries is left in the file)."""
+    try:
+        with open(path, errors="replace") as f:
+            f.seek(position)
+            chunk = f.read()
+    except OSError:
+        return position
+    end = chunk.rfind("\n") + 1
+    for line in chunk[:end].splitlines():
+        if line.startswith("[") or line.startswith("|"):
+            print(line, flush=True)
+    return position + len(chunk[:end].encode())
+
+
+# --------------------------------------------------------------------------- summary and demo
+def summarize(paths: list[Path], write: Path | None) -> int:
+    results = report.read_results(paths)
+    if not results:
+        print(f"no {report.RESULTS} under {', '.join(map(str, paths))}", file=sys.stderr)
+        return 2
+    table = report.summary_markdown(results)
+    print(table)
+    if write:
+        write.write_text(table)
+    return 0
+
+
+def export_demo(run: Path, dest: Path | None) -> int:
+    """Copy the run to the demo folder, then check that ``jrt_prompt.load`` reads it and answers through JRT."""
+    from jrt_prompt.loading import DEMO_DIR
+
+    from recall_training import evaluation
+
+    dest = report.export_demo(run, dest or DEMO_DIR)
+    total = sum(p.stat().st_size for p in report.weight_files(dest))
+    import jrt_prompt
+
+    engine = jrt_prompt.load(str(dest))
+    examples = evaluation.test_examples(8, 5)
+    answers = [engine.generate(ex.context, ex.question, max_new_tokens=8, stop="\n") for ex in examples]
+    acc = evaluation.score(examples, answers)
+    print(f"demo written to {dest}: {total / 2**20:.2f} MiB of weights; JRT accuracy on {len(examples)} test "
+          f"questions (8 records): {acc:.2f}; e.g. {examples[0].question!r} -> {answers[0]!r}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize, args.write)
+    if args.export_demo:
+        return export_demo(args.export_demo, args.demo_dest)
+    if args.arch == "all":
+        return run_all(args, argv)
+    return run_one(args, args.arch, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

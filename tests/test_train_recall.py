@@ -1,0 +1,315 @@
+"""examples/train_recall.py and its parts (examples/recall_training/): tokenizer, training ids, batches, a few
+training steps of every architecture, the Mamba scan written as GLA, saving + loading + answering through the
+engine, the demo export, the summary table. CPU, tiny sizes; the GPU checks are marked ``gpu``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import train_recall  # noqa: E402
+from recall_training import data, evaluation, loop, models, report  # noqa: E402
+from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, single_token_share  # noqa: E402
+
+import jrt_prompt  # noqa: E402
+from jrt_prompt.eval import synthetic  # noqa: E402
+from jrt_prompt.prompt import JRTPrompt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(build_tokenizer(), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return load_tokenizer(tok_dir)
+
+
+# --------------------------------------------------------------------------- tokenizer
+def test_tokenizer_loads_offline_and_fits_the_suite(tok_dir, tok):
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tok_dir.iterdir()}
+    assert again.eos_token == "<|endoftext|>" and again.pad_token_id == again.eos_token_id
+    assert 300 <= len(again) <= 2048
+    assert single_token_share(again) == 1.0  # every name, attribute and value is one token with its space
+    text = "Zürich, 東京 and ½ — any text still encodes 🙂"
+    assert again.decode(again(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_tokenizer_is_deterministic(tok):
+    other = build_tokenizer()
+    text = synthetic.documents(1, records=5)[0].text
+    assert other(text)["input_ids"] == tok(text)["input_ids"]
+
+
+# --------------------------------------------------------------------------- training ids
+@pytest.mark.parametrize("fmt", data.FORMATS)
+def test_sample_ids_are_the_inference_ids(tok, fmt):
+    enc = data.SampleEncoder(tok, check_every=1)
+    doc = synthetic.documents(1, "train", records=3)[0]
+    fact = doc.asked[0]
+    sample = enc.encode(fmt, doc, fact)
+    want = synthetic.prompt_text(fmt, doc.text, fact.question) + f" {fact.value}\n" + tok.eos_token
+    assert tok.decode(sample.ids) == want
+    prompt = sample.ids[:sample.answer_start]
+    if fmt in ("plain", "jrt"):  # exactly what the engine feeds for that prompt
+        assert prompt == JRTPrompt("generic", 1 if fmt == "plain" else 2).encode(tok, doc.text, fact.question).ids
+    else:  # the JRT prompt's ids without its first read
+        jrt = JRTPrompt("generic", 2).encode(tok, doc.text, fact.question)
+        assert jrt.ids[-len(prompt) + 2:] == prompt[2:] and len(prompt) < len(jrt.ids)
+    assert tok.decode(sample.ids[sample.answer_start:sample.answer_start + 1]).strip() == fact.value
+
+
+def test_fast_tokenizer_matches_the_tokenizer(tok):
+    fast = data.FastTokenizer(tok)
+    for text in ["\n\nQuestion:", " What is Kira Voss's city?", synthetic.documents(1, records=12)[0].text, "é"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert fast(text)["input_ids"] == ids == fast(text)["input_ids"]  # memoised twice
+        assert fast.decode(ids) == tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_batches_have_few_shapes_right_masks_and_train_names_only(tok):
+    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=2048), seed=3,
+                              level=lambda: 4)
+    train_names, test_names = set(synthetic.names("train")), set(synthetic.names("test"))
+    for _ in range(6):
+        b = stream.batch()
+        B, L = b.ids.shape
+        assert L in data.BUCKETS and B * L <= 2048 and b.lm_mask.shape == (B, L - 1)
+        assert set(b.formats) <= set(data.FORMATS)
+        for i in range(B):
+            n = int(b.lm_mask[i].sum()) + 1  # real tokens
+            assert b.lm_mask[i, :n - 1].all() and not b.lm_mask[i, n - 1:].any()
+            assert b.ids[i, n - 1] == tok.eos_token_id
+            text = tok.decode(b.ids[i, :n])
+            value = int(b.value_pos[i]) + 1
+            assert tok.decode(b.ids[i, :value]).endswith("\nAnswer:") and value == n - 3  # value, newline, EOS
+            recall = b.recall_mask[i].nonzero().flatten()
+            if b.formats[i] != "jrt":
+                assert len(recall) == 0
+                continue
+            copy = b.ids[i, int(recall[0]) + 1:int(recall[-1]) + 2]  # the tokens those positions predict
+            context = text.split("\n\nQuestion:")[0]
+            assert tok.decode(copy) == context and len(recall) == int(recall[-1] - recall[0]) + 1
+            assert text.count(context) == 2 and text.index(context, 1) == len(tok.decode(b.ids[i, :int(recall[0]) + 1]))
+            names = {line.split(".")[0][len("Name: "):] for line in text.split("\n") if line.startswith("Name: ")}
+            assert names and names <= train_names and not names & test_names
+            assert b.records[i] <= (4 if b.formats[i] == "jrt" else 8)
+
+
+def test_mixture_rejects_unknown_formats(tok):
+    with pytest.raises(ValueError, match="mix"):
+        data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(mix={"chat": 1.0}), 0, lambda: 2)
+
+
+# --------------------------------------------------------------------------- models and training
+TINY = models.ModelSize(d_model=32, n_layer=2, heads=2, based_pattern="wl", window=16)
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_each_arch_trains_on_a_learnable_batch(tok, arch):
+    """A few AdamW steps on one fixed batch: every parameter gets a gradient and the loss falls."""
+    hf = models.build_hf_model(arch, TINY, len(tok), tok.eos_token_id, seed=0)
+    trainable = models.make_trainable(arch, hf)
+    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=256), 0, lambda: 1)
+    batch = stream.batch()
+    opt = torch.optim.AdamW(trainable.params, lr=1e-2)
+    losses = []
+    for step in range(12):
+        loss, parts, _ = loop.batch_loss(trainable.logits(batch.ids), batch)
+        assert set(parts) <= {"lm", "answer", "recall"}
+        assert torch.isfinite(loss)
+        loss.backward()
+        if step == 0:
+            loop.check_gradients(trainable)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_trainable_shares_storage_with_the_saved_model(tok, tmp_path):
+    """Training the RecurrentLM changes what save_pretrained writes; a tied head is one Parameter."""
+    hf = models.build_hf_model("mamba", TINY, len(tok), tok.eos_token_id, seed=0)
+    trainable = models.make_trainable("mamba", hf)
+    assert trainable.lm.lm_head.weight is trainable.lm.embedding.weight
+    with torch.no_grad():
+        for p in trainable.params:
+            p.add_(0.01)
+    hf.save_pretrained(str(tmp_path))
+    loaded = jrt_prompt.load(str(tmp_path), tokenizer=tok).model
+    ids = torch.randint(0, len(tok), (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids)[0], trainable.lm(ids)[0])
+
+
+def test_missing_gradient_is_an_error(tok):
+    hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
+    trainable = models.make_trainable("gla", hf)
+    trainable.logits(torch.randint(0, len(tok), (1, 8)))[..., 0].sum().backward()  # the head's other rows idle
+    trainable.lm.norm_f.weight.grad = None
+    with pytest.raises(RuntimeError, match="no gradient reached"):
+        loop.check_gradients(trainable)
+
+
+def test_selective_scan_as_gla_matches_the_reference():
+    from jrt_prompt.ops.selective_scan import naive
+
+    g = torch.Generator().manual_seed(0)
+    b, L, C, N = 2, 37, 6, 4
+    args = dict(u=torch.randn(b, L, C, generator=g), delta=torch.randn(b, L, C, generator=g),
+                A=-torch.rand(C, N, generator=g) * 6, B=torch.randn(b, L, N, generator=g),
+                C=torch.randn(b, L, N, generator=g), D=torch.randn(C, generator=g), z=torch.randn(b, L, C, generator=g),
+                delta_bias=torch.randn(C, generator=g), initial_state=torch.randn(b, C, N, generator=g))
+    outs = []
+    for scan in (naive.selective_scan, models.selective_scan_as_gla):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+        y, h = scan(**leaves)
+        (y.square().sum() + h.square().sum()).backward()
+        outs.append([y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C", "initial_state")])
+    for name, got, want in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), outs[1], outs[0]):
+        err = ((got - want).abs().max() / want.abs().max()).item()  # fp32 sums in another order
+        assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (name, err)
+    assert models.checked_mamba_scan("gla", torch.device("cpu")) == "gla"
+
+
+def test_curriculum_grows_on_recall_and_with_time():
+    cfg = loop.TrainConfig(start_records=4, max_records=64)
+    cur = loop.Curriculum(cfg)
+    batch = data.Batch(torch.zeros(4, 8, dtype=torch.long), torch.ones(4, 7, dtype=torch.bool),
+                       torch.zeros(4, 7, dtype=torch.bool), torch.zeros(4, dtype=torch.long),
+                       ["jrt", "jrt", "plain", "jrt"], [4, 3, 8, 1])
+    for step in range(loop.Curriculum.WINDOW // 2):
+        assert cur.level == 4
+        cur.update(batch, [True, True, False, False], progress=0.1, step=step)
+    assert cur.level == 6  # rows 0 and 1 count (jrt, >= level / 2) and are right: grown by half
+    for step in range(200):
+        cur.update(batch, [False] * 4, progress=0.1, step=step)
+    assert cur.level == 6
+    assert cur.update(batch, [False] * 4, progress=0.9, step=500) == 64  # the time floor
+    assert cur.floor(0.0) == 1 and cur.floor(cfg.floor_to) == 64
+
+
+# --------------------------------------------------------------------------- the command line end to end
+def test_cli_trains_saves_evaluates_and_exports_a_demo(tok_dir, tmp_path, capsys):
+    out = tmp_path / "based"
+    code = train_recall.main(["--arch", "based", "--out", str(out), "--tokenizer", str(tok_dir), "--minutes", "1",
+                              "--max-steps", "3", "--d-model", "32", "--n-layer", "2", "--based-pattern", "wl",
+                              "--window", "16", "--workers", "0", "--tokens-per-batch", "512", "--warmup", "2",
+                              "--eval-records", "1,2", "--eval-documents", "2", "--device", "cpu"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "done" and res["arch"] == "based" and res["training"]["steps"] == 3
+    assert res["training"]["stopped"] == "max_steps" and res["reload_max_abs_logit_diff"] < 1e-5
+    assert res["params"] == models.count_parameters(jrt_prompt.load(str(out)).model)
+    assert res["state_bytes"] > 0 and res["seeds"]["init"] == 0 and res["train_config"]["lr"] == 2e-3
+    assert set(res["accuracy"]) == {"1", "2"}
+    for records, row in res["accuracy"].items():
+        assert row["examples"] == 2 * min(4, 3 * int(records)) and 0 <= row["default"] <= 1 and 0 <= row["jrt"] <= 1
+    assert "| based d32 |" in capsys.readouterr().out
+
+    demo = tmp_path / "demo"
+    assert train_recall.main(["--export-demo", str(out), "--demo-dest", str(demo)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= \
+        {p.name for p in demo.iterdir()}
+    engine = jrt_prompt.load(str(demo))
+    doc = synthetic.documents(1, records=2)[0]
+    answer = engine.generate(doc.text, doc.asked[0].question, max_new_tokens=4)
+    assert isinstance(answer, str)
+    doc_read = engine.read(doc.text)  # the engine's read reuse gives the same answer
+    assert engine.generate(doc_read, doc.asked[0].question, max_new_tokens=4) == answer
+
+
+def test_demo_export_refuses_big_or_foreign_models(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model_type": "based"}))
+    with open(run / "model.safetensors", "wb") as f:
+        f.truncate(report.DEMO_MAX_BYTES + 1)
+    with pytest.raises(ValueError, match="over the demo's 16 MiB"):
+        report.export_demo(run, tmp_path / "demo")
+    (run / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="demo is a Based model"):
+        report.export_demo(run, tmp_path / "demo")
+
+
+def test_summary_table_and_targets(tmp_path):
+    def result(arch, acc):
+        return {"arch": arch, "params": 1_200_000, "state_bytes": 4096, "size": {"d_model": 128},
+                "training": {"steps": 10, "seconds": 60}, "accuracy": acc}
+
+    met = result("gla", {"8": {"default": 0.9, "jrt": 0.95}, "32": {"default": 0.3, "jrt": 0.6}})
+    small = result("mamba", {"32": {"default": 0.3, "jrt": 0.4}, "64": {"default": 0.1, "jrt": 0.2}})
+    never = result("based", {"8": {"default": 0.8, "jrt": 0.9}})
+    assert report.target_check(met) == "met at 32 records"
+    assert report.target_check(small).startswith("not met: largest gain where plain < 50% is +10 points at 32")
+    assert report.target_check(never).startswith("plain prompt >= 50% at every size")
+    for i, res in enumerate((met, small, never)):
+        (tmp_path / str(i)).mkdir()
+        report.write_results(tmp_path / str(i), res)
+    out = tmp_path / "RESULTS.md"
+    assert train_recall.main(["--summarize", str(tmp_path), "--write", str(out)]) == 0
+    table = out.read_text()
+    assert table.index("| based") < table.index("| mamba") < table.index("| gla")
+    assert "| 90 / 95 | 30 / 60 |" in table and "met at 32 records" in table
+
+
+def test_launcher_passes_options_through_to_children():
+    argv = ["--arch", "all", "--parallel", "--out", "runs", "--minutes", "6", "--tokenizer=t", "--d-model", "96"]
+    assert train_recall.child_argv(argv) == ["--minutes", "6", "--d-model", "96"]
+
+
+def test_evaluation_scores_like_jrt_eval(tok):
+    """The examples are jrt-eval's synthetic ones, and a model that always says the answer scores 1."""
+    examples = evaluation.test_examples(records=3, documents=2)
+    assert len(examples) == 8 and all(ex.context.count("Name: ") == 3 for ex in examples)
+    assert examples[0].context in synthetic.documents(1, "test", records=3)[0].text
+    assert evaluation.score(examples, [f" {ex.answers[0]}" for ex in examples]) == 1.0
+    assert evaluation.score(examples, ["nothing"] * len(examples)) == 0.0
+
+
+def test_attention_baseline_answers_the_same_prompts(tok):
+    """The Llama baseline is scored on the same prompt ids through generate: one line per example."""
+    hf = models.build_hf_model("llama", TINY, len(tok), tok.eos_token_id, seed=0).eval()
+    examples = evaluation.test_examples(records=2, documents=1)[:3]
+    for repeats in (1, 2):
+        answers = evaluation.hf_answers(hf, tok, examples, repeats, batch_size=2)
+        assert len(answers) == 3 and all(isinstance(a, str) and "\n" not in a for a in answers)
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_gpu_selective_scan_as_gla_matches_the_reference():
+    assert models.checked_mamba_scan("gla", torch.device("cuda")) == "gla"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", models.RECURRENT)
+def test_gpu_training_forward_matches_the_reference_and_reaches_every_parameter(tok, arch):
+    """The training kernels (fla, the Mamba scan as GLA, Based's references) under bf16 autocast: every parameter gets
+    a gradient and the logits match the all-reference forward."""
+    from jrt_prompt.ops.backend import reference_ops
+
+    hf = models.build_hf_model(arch, models.ModelSize(d_model=64, n_layer=2), len(tok), tok.eos_token_id, 0).cuda()
+    trainable = models.make_trainable(arch, hf)
+    ids = torch.randint(0, len(tok), (4, 300), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = trainable.logits(ids)
+    fast.float().square().mean().backward()
+    loop.check_gradients(trainable)
+    with torch.no_grad(), reference_ops():
+        ref = trainable.lm(ids)[0]
+    err = (fast.float() - ref.float()).abs().max() / ref.abs().max()
+    assert err < 5e-2, f"{arch}: bf16 training logits differ from the reference by {err:.3e} (relative)"
