@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--warmup", type=int, default=200)
     train.add_argument("--tokens-per-batch", type=int, default=16384)
-    train.add_argument("--start-records", type=int, default=4)
+    train.add_argument("--start-records", type=int, default=1, help="first curriculum level (JRT rows)")
     train.add_argument("--max-records", type=int, default=64, help="largest JRT document in training (curriculum)")
     train.add_argument("--floor-from", type=float, default=0.45,
                        help="fraction of the budget after which the curriculum is pushed towards --max-records "
@@ -199,7 +199,8 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         answer = _engine_answerer(out, tokenizer, trainable, device, args.eval_batch, results, log)
     else:
         hf.eval()
-        answer = lambda ex, repeats: evaluation.hf_answers(hf, tokenizer, ex, repeats, args.eval_batch)  # noqa: E731
+        answer = lambda ex, repeats, check: evaluation.hf_answers(  # noqa: E731
+            hf, tokenizer, ex, repeats, args.eval_batch, check)
 
     def on_size(table):
         results["accuracy"] = table
@@ -232,16 +233,18 @@ def _engine_answerer(out, tokenizer, trainable, device, batch_size, results, log
         raise RuntimeError(f"the saved folder loads to a different model (max logit difference {diff:.3g})")
     use_graphs = [device.type == "cuda"]
 
-    def answer(examples, repeats):
+    def answer(examples, repeats, check):
         try:
-            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, use_graphs[0])
+            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, use_graphs[0], check)
+        except evaluation.OutOfTime:
+            raise
         except Exception as e:  # noqa: BLE001
             if not use_graphs[0]:
                 raise
             use_graphs[0] = False
             results["cuda_graphs_error"] = f"{type(e).__name__}: {e}"
             log(f"CUDA-graph decode failed ({type(e).__name__}: {e}); evaluating without graphs")
-            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, False)
+            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, False, check)
 
     return answer
 

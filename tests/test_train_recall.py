@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,16 +141,20 @@ def test_each_arch_trains_on_a_learnable_batch(tok, arch):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
-def test_trainable_shares_storage_with_the_saved_model(tok, tmp_path):
-    """Training the RecurrentLM changes what save_pretrained writes; a tied head is one Parameter."""
-    hf = models.build_hf_model("mamba", TINY, len(tok), tok.eos_token_id, seed=0)
-    trainable = models.make_trainable("mamba", hf)
+@pytest.mark.parametrize("arch", models.RECURRENT)
+def test_trainable_shares_storage_with_the_saved_model(tok, tmp_path, arch):
+    """Training the RecurrentLM changes what save_pretrained writes, which jrt_prompt.load reads back; a tied head
+    is one Parameter (updated once per step)."""
+    hf = models.build_hf_model(arch, TINY, len(tok), tok.eos_token_id, seed=0)
+    trainable = models.make_trainable(arch, hf)
     assert trainable.lm.lm_head.weight is trainable.lm.embedding.weight
+    assert len({id(p) for p in trainable.params}) == len(trainable.params)
     with torch.no_grad():
         for p in trainable.params:
-            p.add_(0.01)
+            p.add_(0.01 * torch.randn_like(p))
     hf.save_pretrained(str(tmp_path))
     loaded = jrt_prompt.load(str(tmp_path), tokenizer=tok).model
+    assert models.count_parameters(loaded) == models.count_parameters(hf)
     ids = torch.randint(0, len(tok), (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids)[0], trainable.lm(ids)[0])
@@ -278,6 +283,25 @@ def test_evaluation_scores_like_jrt_eval(tok):
     assert examples[0].context in synthetic.documents(1, "test", records=3)[0].text
     assert evaluation.score(examples, [f" {ex.answers[0]}" for ex in examples]) == 1.0
     assert evaluation.score(examples, ["nothing"] * len(examples)) == 0.0
+
+
+def test_evaluation_records_errors_and_keeps_to_its_deadline():
+    calls = []
+
+    def answer(examples, repeats, check):
+        calls.append(repeats)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        check()
+        return [f" {ex.answers[0]}" if repeats == 2 else "?" for ex in examples]
+
+    quiet = lambda msg: None  # noqa: E731
+    table = evaluation.evaluate_sizes(answer, [1, 2], 1, deadline=time.time() + 60, log=quiet)
+    assert table["1"]["error"] == "RuntimeError: boom" and "jrt" not in table["1"]
+    assert table["2"]["default"] == 0.0 and table["2"]["jrt"] == 1.0 and table["2"]["examples"] == 4
+    assert evaluation.evaluate_sizes(answer, [1], 1, deadline=time.time() - 1, log=quiet) == {}
+    table = evaluation.evaluate_sizes(answer, [1, 2], 1, deadline=time.time() + 60, log=quiet, overrun_s=-120)
+    assert list(table) == ["1"] and table["1"]["error"].startswith("OutOfTime")
 
 
 def test_attention_baseline_answers_the_same_prompts(tok):

@@ -28,17 +28,27 @@ def test_examples(records: int, documents: int, questions: int = 4, attributes: 
                                                questions=questions))
 
 
+class OutOfTime(Exception):
+    """The evaluation's hard deadline passed in the middle of a document size."""
+
+
+def no_limit() -> None:
+    return None
+
+
 def engine_answers(lm, tokenizer, examples: list[Example], repeats: int, batch_size: int,
-                   cuda_graphs: bool = True) -> list[str]:
+                   cuda_graphs: bool = True, check: Callable[[], None] = no_limit) -> list[str]:
     from jrt_prompt.engine import Engine
 
     engine = Engine(lm, tokenizer, JRTPrompt("generic", repeats), cuda_graphs=cuda_graphs)
-    rows = run_mode(engine, examples, batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS)
+    rows = run_mode(engine, examples, batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS,
+                    on_batch=lambda _: check())
     return [out for _, out, *_ in rows]
 
 
 @torch.no_grad()
-def hf_answers(model, tokenizer, examples: list[Example], repeats: int, batch_size: int) -> list[str]:
+def hf_answers(model, tokenizer, examples: list[Example], repeats: int, batch_size: int,
+               check: Callable[[], None] = no_limit) -> list[str]:
     """Greedy answers of a transformers model to the same prompt ids, left-padded, cut at the first newline."""
     prompt = JRTPrompt("generic", repeats)
     device = next(model.parameters()).device
@@ -57,6 +67,7 @@ def hf_answers(model, tokenizer, examples: list[Example], repeats: int, batch_si
                              max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=eos)
         for row in gen[:, width:].tolist():
             out.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0])
+        check()
     return out
 
 
@@ -64,12 +75,19 @@ def score(examples: list[Example], answers: list[str]) -> float:
     return accuracy([contains(a, ex.answers) for ex, a in zip(examples, answers)])
 
 
-def evaluate_sizes(answer: Callable[[list[Example], int], list[str]], sizes: list[int], documents: int,
-                   deadline: float, log: Callable[[str], None] = print,
-                   on_size: Callable[[dict], None] | None = None) -> dict:
-    """{records: {"default": acc, "jrt": acc, "examples": n, "seconds": s}} for each size reached before
-    ``deadline`` (time.time()); a size that raises is recorded with its error and the next one is tried."""
+def evaluate_sizes(answer: Callable[..., list[str]], sizes: list[int], documents: int, deadline: float,
+                   log: Callable[[str], None] = print, on_size: Callable[[dict], None] | None = None,
+                   overrun_s: float = 60.0) -> dict:
+    """{records: {"default": acc, "jrt": acc, "examples": n, "seconds": s}} for each size started before
+    ``deadline`` (time.time()). ``answer(examples, repeats, check)`` must call ``check()`` between batches: a size
+    still running ``overrun_s`` past the deadline is cut off (recorded as out of time). A size that raises is
+    recorded with its error and the next one is tried."""
     table: dict = {}
+
+    def check() -> None:
+        if time.time() > deadline + overrun_s:
+            raise OutOfTime(f"evaluation ran {overrun_s:.0f} s past its deadline")
+
     for records in sizes:
         if time.time() >= deadline:
             log(f"evaluation: out of time before {records} records")
@@ -79,9 +97,7 @@ def evaluate_sizes(answer: Callable[[list[Example], int], list[str]], sizes: lis
         start = time.time()
         try:
             for mode, repeats in MODES.items():
-                row[mode] = score(examples, answer(examples, repeats))
-                if time.time() >= deadline and mode != list(MODES)[-1]:
-                    break
+                row[mode] = score(examples, answer(examples, repeats, check))
         except Exception as e:  # noqa: BLE001 - one size failing must not lose the others
             row["error"] = f"{type(e).__name__}: {e}"
         row["seconds"] = round(time.time() - start, 1)
@@ -90,4 +106,6 @@ def evaluate_sizes(answer: Callable[[list[Example], int], list[str]], sizes: lis
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         if on_size is not None:
             on_size(table)
+        if isinstance(row.get("error"), str) and row["error"].startswith("OutOfTime"):
+            break
     return table

@@ -33,7 +33,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     answer_weight: float = 1.0
     recall_weight: float = 1.0
-    start_records: int = 4
+    start_records: int = 1
     max_records: int = 64
     grow_at: float = 0.8  # value accuracy of JRT rows near the current level that grows the curriculum
     floor_from: float = 0.45  # from this fraction of the time budget, the level is at least a floor that rises
