@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data-loader workers are forked after tokenizer use
 
 from recall_training import data as data_mod  # noqa: E402
 from recall_training import report  # noqa: E402
@@ -348,7 +349,7 @@ def _echo(path: Path, position: int) -> int:
         return position
     end = chunk.rfind("\n") + 1
     for line in chunk[:end].splitlines():
-        if line.startswith("[") or line.startswith("|"):
+        if line.startswith("["):  # progress lines; each child's own table is left in its log
             print(line, flush=True)
     return position + len(chunk[:end].encode())
 

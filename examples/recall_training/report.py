@@ -45,6 +45,8 @@ def _pct(x) -> str:
 def _bytes(n) -> str:
     if n is None:
         return "-"
+    if n < 1024:
+        return f"{n} B"
     return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
