@@ -33,6 +33,7 @@ from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
 CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes"}
 FLAGS = {"--parallel"}  # options without a value
+REFERENCE_SCAN_TOKENS = 4096
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,6 +164,12 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
     trainable = models.make_trainable(arch, hf)
     if arch == "mamba" and device.type == "cuda":
         trainable.mamba_scan = models.checked_mamba_scan(args.mamba_scan, device, log)
+        if trainable.mamba_scan == "reference" and args.tokens_per_batch > REFERENCE_SCAN_TOKENS:
+            # the reference scan keeps about 240 KB per token and layer for backward (d_inner 256, d_state 16)
+            log(f"reference Mamba scan: batches of {REFERENCE_SCAN_TOKENS} tokens instead of {args.tokens_per_batch}")
+            args.tokens_per_batch = REFERENCE_SCAN_TOKENS
+    if arch == "mamba":
+        results["mamba_scan"] = trainable.mamba_scan if device.type == "cuda" else "reference (CPU)"
     results.update(params=models.count_parameters(hf), config=hf.config.to_dict(), status="training")
     if arch == "llama":
         results["kv_bytes_per_token"] = models.state_bytes(trainable, 1)

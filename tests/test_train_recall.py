@@ -169,7 +169,9 @@ def test_missing_gradient_is_an_error(tok):
         loop.check_gradients(trainable)
 
 
-def test_selective_scan_as_gla_matches_the_reference():
+def test_mamba_training_scans_match_the_reference():
+    """The GLA form (fla's chunk_gla on CUDA, the naive GLA here) and the small-chunk fallback give the reference
+    scan's outputs, final state and gradients."""
     from jrt_prompt.ops.selective_scan import naive
 
     g = torch.Generator().manual_seed(0)
@@ -178,16 +180,29 @@ def test_selective_scan_as_gla_matches_the_reference():
                 A=-torch.rand(C, N, generator=g) * 6, B=torch.randn(b, L, N, generator=g),
                 C=torch.randn(b, L, N, generator=g), D=torch.randn(C, generator=g), z=torch.randn(b, L, C, generator=g),
                 delta_bias=torch.randn(C, generator=g), initial_state=torch.randn(b, C, N, generator=g))
-    outs = []
-    for scan in (naive.selective_scan, models.selective_scan_as_gla):
+
+    def run(scan):
         leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
         y, h = scan(**leaves)
         (y.square().sum() + h.square().sum()).backward()
-        outs.append([y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C", "initial_state")])
-    for name, got, want in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), outs[1], outs[0]):
-        err = ((got - want).abs().max() / want.abs().max()).item()  # fp32 sums in another order
-        assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (name, err)
+        return [y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C", "initial_state")]
+
+    want = run(naive.selective_scan)
+    for scan in (models.selective_scan_as_gla, models.selective_scan_small_chunks):
+        for name, got, ref in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), run(scan), want):
+            err = ((got - ref).abs().max() / ref.abs().max()).item()  # fp32 sums in another order
+            assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (scan.__name__, name, err)
     assert models.checked_mamba_scan("gla", torch.device("cpu")) == "gla"
+
+
+def test_mamba_scan_check_falls_back_when_the_gla_form_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(models, "selective_scan_as_gla", broken)
+    said = []
+    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "reference"
+    assert "no kernel" in said[0]
 
 
 def test_curriculum_grows_on_recall_and_with_time():
