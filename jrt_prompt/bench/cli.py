@@ -48,7 +48,6 @@ def _require_gpu() -> dict:
 def _write(path: Path | None, payload: dict) -> None:
     if path is not None:
         path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {path}")
 
 
 @app.command()
@@ -63,7 +62,8 @@ def e2e(models: str = typer.Option("based-360m,based-1.3b,mamba2-370m,gla-1.3b",
 
     env = _require_gpu()
     results = run(models.split(","), _ints(contexts), _ints(batches), chunk=chunk, hf_compare=hf,
-                  log=lambda m: console.print(m, style="dim"))
+                  log=lambda m: console.print(m, style="dim"),
+                  on_result=lambda r: _write(json_out, {"environment": env, "e2e": r, "partial": True}))
     t = Table(title="time to first token (ms, batch 1)")
     for col in ("model", "N", "plain C,Q", "JRT C,Q,C,Q", "JRT/plain", "JRT per q (8 q, cached read)",
                 "cached/plain", "peak MB"):

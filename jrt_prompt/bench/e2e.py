@@ -183,7 +183,8 @@ def hf_numbers(hf, vocab: int, prompt: int = 2048, decode_tokens: int = 16, batc
 
 
 def run(models: list[str], contexts: list[int], batches: list[int], chunk: int = 8192, hf_compare: bool = True,
-        log=print) -> list[dict]:
+        log=print, on_result=None) -> list[dict]:
+    """Every measurement for each model in turn; ``on_result(results)`` after each model (partial saves)."""
     results = []
     for name in models:
         t0 = time.time()
@@ -206,6 +207,8 @@ def run(models: list[str], contexts: list[int], batches: list[int], chunk: int =
             log(f"{name} transformers {entry['transformers']}")
         entry["seconds"] = time.time() - t0
         results.append(entry)
+        if on_result is not None:
+            on_result(results)
         del lm, hf
         torch.cuda.empty_cache()
     return results
