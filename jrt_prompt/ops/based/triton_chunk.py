@@ -27,9 +27,11 @@ starting state, and a second pass runs all segments in parallel.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
+from typing import Callable
 
 import torch
 import triton
@@ -37,9 +39,11 @@ import triton.language as tl
 
 from jrt_prompt.errors import JRTError
 
+from . import triton_split as split
+
 FEATURE_DIM = 16
 STATE_DIM = 1 + FEATURE_DIM + FEATURE_DIM * FEATURE_DIM  # 273, the public layout
-SLOTS = 256  # the kernel's folded layout
+SLOTS = 256  # the fold kernel's layout
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -173,8 +177,8 @@ def _based_chunk_kernel(
 
 
 @functools.cache
-def _slot_table() -> list[tuple[str, int, int]]:
-    """What each of the 256 slots holds, mirroring ``_folded_features``: (kind, i, j)."""
+def _slot_table() -> tuple[tuple[str, int, int], ...]:
+    """What each of the fold kernel's 256 slots holds, mirroring ``_folded_features``: (kind, i, j)."""
     table = []
     for r in range(16):
         for c in range(16):
@@ -190,21 +194,22 @@ def _slot_table() -> list[tuple[str, int, int]]:
                 table.append(("const", -1, -1))
             else:
                 table.append(("zero", -1, -1))
-    return table
+    return tuple(table)
 
 
 @functools.cache
-def _conversion(device: torch.device):
+def _conversion(device: torch.device, variant: str = "fold"):
     """Gathers between layouts: kernel = pub[ia] * wa + pub[ib] * wb; public = kernel[back] * wback.
 
-    Pairs: kernel (q_r q_c / 4)(k_r k_c / 4) against public c2^2 over both orders, so kernel =
-    (pub[rc] + pub[cr]) / sqrt 2 and pub[rc] = pub[cr] = kernel / sqrt 2. Squares: kernel (1/4)(1/8)
-    against c2^2, so kernel = pub / sqrt 2. Linear and constant slots equal the public rows.
+    Kinds of kernel rows: "pair" (i < j) stands for x_i x_j and x_j x_i at once: kernel (q_i q_j / 4)(k_i k_j / 4)
+    against public c2^2 over both orders, so kernel = (pub[ij] + pub[ji]) / sqrt 2 and pub[ij] = pub[ji] =
+    kernel / sqrt 2. "ordered" (i, j) and "square": kernel (1/4)(1/8) against c2^2, so kernel = pub / sqrt 2.
+    Linear and constant rows equal the public rows; "zero" rows hold nothing.
     """
     r2 = math.sqrt(2.0)
     ia, ib, wa, wb = [], [], [], []
     back, wback = [0] * STATE_DIM, [0.0] * STATE_DIM
-    for n, (kind, i, j) in enumerate(_slot_table()):
+    for n, (kind, i, j) in enumerate(VARIANTS[variant].slot_table()):
         if kind == "pair":
             ia.append(17 + 16 * i + j), ib.append(17 + 16 * j + i), wa.append(1 / r2), wb.append(1 / r2)
             back[17 + 16 * i + j] = back[17 + 16 * j + i] = n
@@ -212,7 +217,8 @@ def _conversion(device: torch.device):
         elif kind == "zero":
             ia.append(0), ib.append(0), wa.append(0.0), wb.append(0.0)
         else:
-            row, w_in = {"square": (17 + 17 * i, 1 / r2), "linear": (1 + i, 1.0), "const": (0, 1.0)}[kind]
+            row, w_in = {"square": (17 + 17 * i, 1 / r2), "ordered": (17 + 16 * i + j, 1 / r2), "linear": (1 + i, 1.0),
+                         "const": (0, 1.0)}[kind]
             ia.append(row), ib.append(row), wa.append(w_in), wb.append(0.0)
             back[row], wback[row] = n, 1 / w_in
     as_long = functools.partial(torch.tensor, dtype=torch.long, device=device)
@@ -220,15 +226,15 @@ def _conversion(device: torch.device):
     return as_long(ia), as_long(ib), as_f32(wa)[:, None], as_f32(wb)[:, None], as_long(back), as_f32(wback)[:, None]
 
 
-def to_kernel_layout(kv: torch.Tensor) -> torch.Tensor:
-    """Public kv [..., 273, Dv] -> the kernel's [..., 256, Dv] (same phi(q) . kv for every q)."""
-    ia, ib, wa, wb, _, _ = _conversion(kv.device)
+def to_kernel_layout(kv: torch.Tensor, variant: str = "fold") -> torch.Tensor:
+    """Public kv [..., 273, Dv] -> the kernel's [..., slots, Dv] (same phi(q) . kv for every q)."""
+    ia, ib, wa, wb, _, _ = _conversion(kv.device, variant)
     return kv.index_select(-2, ia) * wa + kv.index_select(-2, ib) * wb
 
 
-def from_kernel_layout(kv: torch.Tensor) -> torch.Tensor:
-    """The kernel's [..., 256, Dv] -> public [..., 273, Dv], with equal x_i x_j and x_j x_i rows."""
-    _, _, _, _, back, wback = _conversion(kv.device)
+def from_kernel_layout(kv: torch.Tensor, variant: str = "fold") -> torch.Tensor:
+    """The kernel's [..., slots, Dv] -> public [..., 273, Dv] (a "pair" row gives equal x_i x_j and x_j x_i rows)."""
+    _, _, _, _, back, wback = _conversion(kv.device, variant)
     return kv.index_select(-2, back) * wback
 
 
@@ -236,38 +242,104 @@ def from_kernel_layout(kv: torch.Tensor) -> torch.Tensor:
 # Launching
 
 
-# (BT, BV, num_warps, num_stages). Read off the sm_90a compiler's report (no GPU at hand when this
-# was written): BV 64 shares the features over the whole head but spills some registers; BT 32 uses
-# mma.sync and spills none. The autotuner times them on the real shape.
+# (BT, BV, num_warps, num_stages). Fold: read off the sm_90a compiler's report (BV 64 shares the features
+# over the whole head but spills some registers; BT 32 uses mma.sync and spills none). The autotuner times a
+# variant's configs on the real shape; JRT_BASED_TRITON_CONFIG pins one.
 _CONFIGS_16BIT = [(64, 64, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1), (32, 64, 8, 1), (32, 32, 4, 1)]
 _CONFIGS_FP32 = [(32, 32, 8, 1), (64, 32, 8, 1)]  # fp32 is for checking, not speed: compile fewer
 CONFIG_ENV = "JRT_BASED_TRITON_CONFIG"  # "BT,BV,num_warps,num_stages" pins one config, no tuning
+VARIANT_ENV = "JRT_BASED_TRITON_VARIANT"  # which kernel family runs (see VARIANTS)
+DEFAULT_VARIANT = "fold"
 
 
-def _as_config(t: tuple[int, int, int, int]) -> triton.Config:
-    return triton.Config({"BT": t[0], "BV": t[1]}, num_warps=t[2], num_stages=t[3])
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One prefill kernel family: its Triton function, what its kv rows hold, its configs to tune."""
+
+    name: str
+    kernel: object
+    slot_table: Callable[[], tuple]
+    configs_16bit: tuple
+    configs_fp32: tuple
+    constexprs: tuple = ()  # extra (name, value) compile-time arguments
+    table: bool = False  # whether the kernel reads triton_split.tables(name)
+
+    @property
+    def slots(self) -> int:
+        return len(self.slot_table())
 
 
-def _prune(configs, named_args, **kwargs):
-    """The fp32 or 16-bit list, minus value blocks wider than the value dim; or the pinned config."""
-    pinned = os.environ.get(CONFIG_ENV)
-    if pinned:
-        try:
-            return [_as_config(tuple(int(x) for x in pinned.split(",")))]
-        except ValueError as e:
-            raise JRTError(f"{CONFIG_ENV}={pinned!r}: expected 'BT,BV,num_warps,num_stages'") from e
-    fp32 = named_args["q_ptr"].dtype == torch.float32
-    wanted = set(_CONFIGS_FP32 if fp32 else _CONFIGS_16BIT)
-    dv_pow2 = max(16, triton.next_power_of_2(named_args["DV"]))
-    kept = [c for c in configs if (c.kwargs["BT"], c.kwargs["BV"], c.num_warps, c.num_stages) in wanted
-            and c.kwargs["BV"] <= max(32, dv_pow2)]
-    return kept or [_as_config(_CONFIGS_16BIT[2])]
+_SPLIT_16BIT = ((64, 64, 8, 1), (64, 64, 8, 2), (32, 64, 8, 1), (64, 32, 8, 1), (32, 32, 4, 1))
+_SPLIT_FP32 = ((32, 32, 8, 1), (64, 32, 8, 1))
+VARIANTS: dict[str, Variant] = {
+    "fold": Variant("fold", _based_chunk_kernel, _slot_table, tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32)),
+    "grid": Variant("grid", split._based_split_kernel, functools.partial(split.slot_table, "grid"), _SPLIT_16BIT,
+                    _SPLIT_FP32, (("NB", 256), ("ONEHOT", False)), table=True),
+    "onehot": Variant("onehot", split._based_split_kernel, functools.partial(split.slot_table, "onehot"),
+                      _SPLIT_16BIT, _SPLIT_FP32, (("NB", 128), ("ONEHOT", True)), table=True),
+}
 
 
+def variant_named(name: str | None = None) -> Variant:
+    """``name``, else $JRT_BASED_TRITON_VARIANT, else the default; an unknown name is an error."""
+    chosen = name or os.environ.get(VARIANT_ENV) or DEFAULT_VARIANT
+    if chosen not in VARIANTS:
+        where = "variant" if name else VARIANT_ENV
+        raise JRTError(f"{where}={chosen!r}: unknown Based Triton kernel variant; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[chosen]
+
+
+def _as_config(t: tuple) -> triton.Config:
+    """(BT, BV, num_warps, num_stages[, maxnreg]); maxnreg 0 or absent: the compiler's choice."""
+    extra = {"maxnreg": t[4]} if len(t) > 4 and t[4] else {}
+    return triton.Config({"BT": t[0], "BV": t[1]}, num_warps=t[2], num_stages=t[3], **extra)
+
+
+def parse_config(text: str) -> tuple[int, ...]:
+    """'BT,BV,num_warps,num_stages[,maxnreg]' -> a config tuple."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (4, 5):
+        raise JRTError(f"{CONFIG_ENV}={text!r}: expected 'BT,BV,num_warps,num_stages[,maxnreg]'")
+    return values
+
+
+def _config_tuple(c: triton.Config) -> tuple:
+    t = (c.kwargs["BT"], c.kwargs["BV"], c.num_warps, c.num_stages)
+    return t + (c.maxnreg,) if getattr(c, "maxnreg", None) else t
+
+
+def _pruner(variant: Variant):
+    def prune(configs, named_args, **kwargs):
+        """The fp32 or 16-bit list, minus value blocks wider than the value dim; or the pinned config."""
+        pinned = os.environ.get(CONFIG_ENV)
+        if pinned:
+            return [_as_config(parse_config(pinned))]
+        fp32 = named_args["q_ptr"].dtype == torch.float32
+        wanted = set(variant.configs_fp32 if fp32 else variant.configs_16bit)
+        dv_pow2 = max(16, triton.next_power_of_2(named_args["DV"]))
+        kept = [c for c in configs if _config_tuple(c) in wanted and c.kwargs["BV"] <= max(32, dv_pow2)]
+        return kept or [_as_config((32, 32, 8, 1))]
+    return prune
+
+
+_prune = _pruner(VARIANTS["fold"])
 _KEY = ["DV", "T_BUCKET", "BH_BUCKET", "HAS_INIT", "HAS_MASK", "WRITE_O", "WRITE_STATE"]
-_tuned_kernel = None if _INTERPRET else triton.autotune(
-    configs=[_as_config(t) for t in dict.fromkeys(_CONFIGS_16BIT + _CONFIGS_FP32)], key=_KEY,
-    prune_configs_by={"early_config_prune": _prune})(_based_chunk_kernel)
+
+
+@functools.cache
+def _autotuned(name: str):
+    variant = VARIANTS[name]
+    configs = [_as_config(t) for t in dict.fromkeys(variant.configs_16bit + variant.configs_fp32)]
+    return triton.autotune(configs=configs, key=_KEY, prune_configs_by={"early_config_prune": _pruner(variant)})(
+        variant.kernel)
+
+
+_tuned_kernel = None if _INTERPRET else _autotuned("fold")
+_last_tuned: list = []  # the autotuner used last (for last_config)
+last_compiled: list = []  # the compiled kernel of the last launch with an explicit config (registers, spills)
 
 # The interpreter (CPU tests) cannot time configs: it runs this one.
 interpret_config: dict = {"BT": 32, "BV": 32}
@@ -275,13 +347,15 @@ interpret_config: dict = {"BT": 32, "BV": 32}
 
 def last_config() -> str | None:
     """The config the autotuner picked for the last shape it tuned (for benchmark reports)."""
-    cfg = getattr(_tuned_kernel, "best_config", None)
+    cfg = getattr(_last_tuned[-1] if _last_tuned else _tuned_kernel, "best_config", None)
     if cfg is None:
         return None
-    return f"BT={cfg.kwargs['BT']} BV={cfg.kwargs['BV']} warps={cfg.num_warps} stages={cfg.num_stages}"
+    reg = f" maxnreg={cfg.maxnreg}" if getattr(cfg, "maxnreg", None) else ""
+    return f"BT={cfg.kwargs['BT']} BV={cfg.kwargs['BV']} warps={cfg.num_warps} stages={cfg.num_stages}{reg}"
 
 
-def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state):
+def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state,
+            variant: Variant, config: tuple | None = None):
     B, T, H, _ = q.shape
     DV = v.shape[-1]
     # fp16 runs its dots in bf16: a long prompt's summed state and (q.k)^2 can pass fp16's range.
@@ -291,24 +365,34 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
     xdt = tl.float32 if (_INTERPRET or q.dtype == torch.float32) else _TL_DTYPES[q.dtype]
     prec = "ieee" if _INTERPRET else "tf32x3"  # only used by fp32 dots: about fp32's accuracy
     o_arg = o if o is not None else v  # never written when write_o is False
-    args = (q, k, v, o_arg, mask_u8 if mask_u8 is not None else q,
+    args = [q, k, v, o_arg, mask_u8 if mask_u8 is not None else q,
             kv_in if kv_in is not None else q, z_in if z_in is not None else q,
-            kv_out if kv_out is not None else q, z_out if z_out is not None else q,
-            T, H, DV, seg_len, nseg,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
-            float(eps), max(T - 1, 1).bit_length(), max(B * H - 1, 1).bit_length())
+            kv_out if kv_out is not None else q, z_out if z_out is not None else q]
+    if variant.table:
+        args.append(split.tables(variant.name, q.device))
+    args += [T, H, DV, seg_len, nseg,
+             q.stride(0), q.stride(1), q.stride(2),
+             k.stride(0), k.stride(1), k.stride(2),
+             v.stride(0), v.stride(1), v.stride(2),
+             o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
+             float(eps), max(T - 1, 1).bit_length(), max(B * H - 1, 1).bit_length()]
     meta = dict(HAS_INIT=kv_in is not None, HAS_MASK=mask_u8 is not None, WRITE_O=write_o,
-                WRITE_STATE=write_state, DT=dt, XDT=xdt, PREC=prec)
+                WRITE_STATE=write_state, DT=dt, XDT=xdt, PREC=prec, **dict(variant.constexprs))
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
         grid = (triton.cdiv(DV, bv), B * H, nseg)
-        _based_chunk_kernel[grid](*args, **meta, BT=interpret_config["BT"], BV=bv)
+        variant.kernel[grid](*args, **meta, BT=interpret_config["BT"], BV=bv)
+    elif config is not None:
+        bt, bv, warps, stages = config[:4]
+        extra = {"maxnreg": config[4]} if len(config) > 4 and config[4] else {}
+        compiled = variant.kernel[(triton.cdiv(DV, bv), B * H, nseg)](*args, **meta, BT=bt, BV=bv, num_warps=warps,
+                                                                      num_stages=stages, **extra)
+        last_compiled[:] = [compiled]
     else:
+        tuned = _autotuned(variant.name)
+        _last_tuned[:] = [tuned]
         grid = lambda meta: (triton.cdiv(DV, meta["BV"]), B * H, nseg)  # noqa: E731
-        _tuned_kernel[grid](*args, **meta)
+        tuned[grid](*args, **meta)
 
 
 def num_segments(batch_heads: int, T: int, device: torch.device) -> int:
@@ -374,16 +458,20 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, output_final_state=True,
-                            *, segments: int | None = None):
+                            *, segments: int | None = None, variant: str | None = None,
+                            config: tuple | None = None):
     """Causal Taylor linear attention over a prompt, continuing from ``initial_state``.
 
     q, k: [B, T, H, 16]; v: [B, T, H, Dv]; initial_state: (kv [B, H, 273, Dv], ksum [B, H, 273]) fp32
     or None; mask: [B, T] bool (False = left pad: it leaves the state untouched, its output is 0).
     Returns (o [B, T, H, Dv] in v's dtype, (kv, ksum) or None); the returned kv has equal
     x_i x_j and x_j x_i rows. ``segments`` forces the number of sequence pieces run in parallel
-    (None: chosen from the GPU's size).
+    (None: chosen from the GPU's size). ``variant``: the kernel family (None: $JRT_BASED_TRITON_VARIANT or
+    DEFAULT_VARIANT); ``config``: (BT, BV, num_warps, num_stages[, maxnreg]) run as given, without autotuning.
     """
     _check(q, k, v, initial_state, mask)
+    var = variant_named(variant)
+    slots = var.slots
     B, T, H, _ = q.shape
     Dv = v.shape[-1]
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
@@ -398,7 +486,7 @@ def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, ou
         return o, tuple(t.to(device=dev, dtype=torch.float32).clone() for t in initial_state)
     kv0 = z0 = None
     if initial_state is not None:
-        kv0 = to_kernel_layout(initial_state[0].to(device=dev, dtype=torch.float32)).contiguous()
+        kv0 = to_kernel_layout(initial_state[0].to(device=dev, dtype=torch.float32), var.name).contiguous()
         z0 = initial_state[1].to(device=dev, dtype=torch.float32).contiguous()
     mask_u8 = mask.to(device=dev).view(torch.uint8).contiguous() if mask is not None else None
 
@@ -409,31 +497,31 @@ def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, ou
     if nseg == 1:
         kv_out = z_out = None
         if output_final_state:
-            kv_out = torch.empty(B, H, SLOTS, Dv, device=dev, dtype=torch.float32)
+            kv_out = torch.empty(B, H, slots, Dv, device=dev, dtype=torch.float32)
             z_out = torch.empty(B, H, STATE_DIM, device=dev, dtype=torch.float32)
-        _launch(q, k, v, o, mask_u8, kv0, z0, kv_out, z_out, seg_len, 1, eps, True, output_final_state)
+        _launch(q, k, v, o, mask_u8, kv0, z0, kv_out, z_out, seg_len, 1, eps, True, output_final_state, var, config)
         if not output_final_state:
             return o, None
-        return o, _keep_padded_rows((from_kernel_layout(kv_out), z_out), initial_state, mask)
+        return o, _keep_padded_rows((from_kernel_layout(kv_out, var.name), z_out), initial_state, mask)
 
     # 1) each segment's own sum of phi(k)^T v and of phi(k)
-    part_kv = torch.empty(B * H, nseg, SLOTS, Dv, device=dev, dtype=torch.float32)
+    part_kv = torch.empty(B * H, nseg, slots, Dv, device=dev, dtype=torch.float32)
     part_z = torch.empty(B * H, nseg, STATE_DIM, device=dev, dtype=torch.float32)
-    _launch(q, k, v, None, mask_u8, None, None, part_kv, part_z, seg_len, nseg, eps, False, True)
+    _launch(q, k, v, None, mask_u8, None, None, part_kv, part_z, seg_len, nseg, eps, False, True, var, config)
     # 2) state entering each segment = initial + sum of the segments before it
     cum_kv, cum_z = part_kv.cumsum(1), part_z.cumsum(1)
     start_kv = torch.cat([torch.zeros_like(cum_kv[:, :1]), cum_kv[:, :-1]], 1)
     start_z = torch.cat([torch.zeros_like(cum_z[:, :1]), cum_z[:, :-1]], 1)
     if kv0 is not None:
-        start_kv += kv0.view(B * H, 1, SLOTS, Dv)
+        start_kv += kv0.view(B * H, 1, slots, Dv)
         start_z += z0.view(B * H, 1, STATE_DIM)
     # 3) all segments at once, each from its own starting state
-    _launch(q, k, v, o, mask_u8, start_kv, start_z, None, None, seg_len, nseg, eps, True, False)
+    _launch(q, k, v, o, mask_u8, start_kv, start_z, None, None, seg_len, nseg, eps, True, False, var, config)
     if not output_final_state:
         return o, None
     kv_fin, z_fin = cum_kv[:, -1], cum_z[:, -1]
     if kv0 is not None:
-        kv_fin = kv_fin + kv0.view(B * H, SLOTS, Dv)
+        kv_fin = kv_fin + kv0.view(B * H, slots, Dv)
         z_fin = z_fin + z0.view(B * H, STATE_DIM)
-    state = (from_kernel_layout(kv_fin.reshape(B, H, SLOTS, Dv)), z_fin.reshape(B, H, STATE_DIM))
+    state = (from_kernel_layout(kv_fin.reshape(B, H, slots, Dv), var.name), z_fin.reshape(B, H, STATE_DIM))
     return o, _keep_padded_rows(state, initial_state, mask)
