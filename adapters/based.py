@@ -1,12 +1,14 @@
-"""Based (hazyresearch/based-360m, based-1b, based-1b-50b): the checkpoint reader, and a transformers model.
+"""Based (hazyresearch/based-360m, based-1b, based-1b-50b): the checkpoint reader behind ``jrt_prompt.load``.
 
-No installable package runs these checkpoints, so this module provides both ways in:
-- ``load(folder)`` reads the hazyresearch folder format: config.json (a GPT2Config plus ``mixer``,
+No installable package runs these checkpoints, so jrt_prompt provides both ways in:
+- here, ``from_folder`` reads the hazyresearch folder format: config.json (a GPT2Config plus ``mixer``,
   ``alt_mixer``, ``alt_mixer_2``, ``alt_mixer_layers``, ``alt_mixer_2_layers``) and pytorch_model.bin or
-  model.safetensors with keys ``model.transformer...`` (the prefix is stripped, ``*metrics*`` keys dropped).
-- ``BasedConfig`` (model_type "based") and ``BasedForCausalLM`` are registered with AutoConfig and
-  AutoModelForCausalLM when this module is imported, so ``AutoModelForCausalLM.from_pretrained``, pipelines,
-  ``generate()`` and ``jrt_prompt.wrap`` work. The model's state-dict keys are the hazyresearch keys.
+  model.safetensors with keys ``model.transformer...`` (the prefix is stripped, ``*metrics*`` keys dropped);
+- in ``based_config`` / ``based_hf``, ``BasedConfig`` (model_type "based") and ``BasedForCausalLM``, a transformers
+  model: the config is registered with AutoConfig once transformers' AutoConfig module is imported (see
+  jrt_prompt.pipeline_registration), the model with AutoModelForCausalLM once a BasedConfig is created. They stay
+  out of this module because importing transformers' modeling code costs seconds that ``load`` does not need;
+  ``based.BasedConfig``, ``based.BasedForCausalLM`` and ``based.register`` still work (imported on first use).
 
 The config is read as hazyresearch's code reads it (based/models/gpt.py: a field it defaults is defaulted the
 same way here). What that code would run and we do not implement (softmax attention layers, LayerNorm,
@@ -15,23 +17,22 @@ learned positions, other feature maps ...) fails with an error naming the field 
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
 
 from jrt_prompt.checkpoint import read_state_dict
 from jrt_prompt.errors import CheckpointError
 from jrt_prompt.layers.based import GATE_ACTIVATIONS, BasedLayer, BasedSettings
 from jrt_prompt.layers.norm import RMSNorm
 from jrt_prompt.model import Block, LMConfig, RecurrentLM
-from jrt_prompt.state import RecurrentState
+
+from .skeleton import skeleton
 
 NAME = "based"
 FEATURE_DIM = 16  # the Taylor map's input size that every Based checkpoint uses (and the kernels assume)
@@ -41,41 +42,16 @@ JRT_RNN_KEYS = ("proj_k_enc", "proj_v_enc")
 KEY_MAPPING = {r"^model\.": "", r"\.mixer\.conv1\.conv\.": ".mixer.conv.conv."}
 LINEAR_ATTN_FLAGS = ("use_rotary_apply", "use_decay_proj", "use_output_gating", "use_proj_g", "initial_conv",
                      "use_act")
+# the transformers classes, in the modules that import transformers: ``based.BasedConfig`` imports them on first use
+HF_NAMES = {"BasedConfig": "based_config", "BasedForCausalLM": "based_hf", "BasedCache": "based_hf",
+            "BasedCausalLMOutput": "based_hf", "register": "based_hf"}
+HF_MODULES = tuple(f"{__package__}.{m}" for m in dict.fromkeys(HF_NAMES.values()))
 
 
-# --------------------------------------------------------------------------- the config
-class BasedConfig(GPT2Config):
-    """hazyresearch's GPT2MixerConfig: a GPT2Config plus the fields below, defaults as its code defaults them."""
-
-    model_type = "based"
-    # GPT2Config maps max_position_embeddings onto n_positions (0 in these configs); generate() would cap at it.
-    attribute_map = {k: v for k, v in GPT2Config.attribute_map.items() if k != "max_position_embeddings"}
-
-    mixer: dict | None = None
-    alt_mixer: dict | None = None
-    alt_mixer_2: dict | None = None
-    alt_mixer_layers: list[int] | None = None
-    alt_mixer_2_layers: list[int] | None = None
-    rms_norm: bool = False
-    residual_in_fp32: bool = False
-    pad_vocab_size_multiple: int = 1
-    rotary_emb_fraction: float | int = 0.0
-    rotary_emb_base: float | int = 10000.0
-    rotary_emb_interleaved: bool = False
-    qkv_proj_bias: bool = True
-    out_proj_bias: bool = True
-    mlp_fc1_bias: bool = True
-    mlp_fc2_bias: bool = True
-
-    @property
-    def max_position_embeddings(self) -> None:
-        """None: no learned positions, so no length limit."""
-        return None
-
-    @max_position_embeddings.setter
-    def max_position_embeddings(self, value) -> None:
-        if value:  # gpt.py would build learned position embeddings of this many rows
-            raise _bad("max_position_embeddings", value, "learned position embeddings are not run")
+def __getattr__(name: str):
+    if name in HF_NAMES:
+        return getattr(importlib.import_module(f".{HF_NAMES[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _bad(field: str, value, why: str) -> CheckpointError:
@@ -267,120 +243,6 @@ def recurrent_lm(s: BasedSettings, transformer: BasedBackbone, lm_head: nn.Linea
     return RecurrentLM(config, transformer.embeddings.word_embeddings, blocks, transformer.ln_f, lm_head)
 
 
-# --------------------------------------------------------------------------- the transformers model
-class BasedCache:
-    """What ``generate()`` carries between steps: our RecurrentState (``forward`` never mutates it)."""
-
-    is_compileable = False
-    is_croppable = False
-
-    def __init__(self, state: RecurrentState):
-        self.state = state
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.state.seen.max()) if self.state.batch_size else 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.state = self.state.select(beam_idx.to(self.state.device))
-
-
-@dataclass
-class BasedCausalLMOutput(CausalLMOutput):
-    cache: BasedCache | None = None
-
-
-class BasedForCausalLM(PreTrainedModel, GenerationMixin):
-    """hazyresearch's GPTLMHeadModel for the Based checkpoints: keys ``transformer.*`` and ``lm_head.weight`` (tied).
-
-    ``forward`` runs ``self.lm`` (a RecurrentLM sharing these modules); ``attention_mask`` must be left-padded.
-    Under ``generate()`` the recurrent state travels in a ``BasedCache``, so each new token costs one step.
-    """
-
-    config_class = BasedConfig
-    base_model_prefix = "transformer"
-    _no_split_modules = ["BasedLayer"]
-    _tied_weights_keys = {"lm_head.weight": "transformer.embeddings.word_embeddings.weight"}
-    _keys_to_ignore_on_load_unexpected = [r"metrics"]
-    _is_stateful = True
-
-    def __init__(self, config: BasedConfig):
-        super().__init__(config)
-        s = settings_from_config(config.to_dict())
-        if not s.tie_embeddings:
-            self._tied_weights_keys = {}
-        self.transformer = BasedBackbone(s)
-        self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
-        self.post_init()
-        object.__setattr__(self, "lm", recurrent_lm(s, self.transformer, self.lm_head, eos_token_id=config.eos_token_id,
-                                                    pad_token_id=config.pad_token_id))
-
-    def get_input_embeddings(self):
-        return self.transformer.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.transformer.embeddings.word_embeddings = value
-        self.lm.embedding = value
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the state lives in a BasedCache that forward returns
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, plus the hazyresearch key names, and an error (not a warning) when weights are
-        missing or left over: a Based model with some random weights would answer wrongly without a sign."""
-        kwargs.setdefault("key_mapping", KEY_MAPPING)
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        unexpected = [k for k in info.get("unexpected_keys", ()) if "metrics" not in k]
-        check_weight_names(unexpected)
-        check_same_keys(str(pretrained_model_name_or_path), info.get("missing_keys", ()), unexpected)
-        return (model, info) if want_info else model
-
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, **kwargs):
-        if cache is None:  # no state yet (or use_cache=False): read everything
-            next_sequence_length = None
-        return super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length,
-                                                     cache=cache, **kwargs)
-
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                cache: BasedCache | None = None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int = 0, return_dict: bool | None = None, inputs_embeds=None, **kwargs):
-        """Logits for ``input_ids`` read after ``cache`` (None: from the start). ``attention_mask`` may cover the
-        cached tokens too (as generate() passes it); only its last ``input_ids.shape[1]`` columns are used."""
-        if inputs_embeds is not None or input_ids is None:
-            raise ValueError("BasedForCausalLM takes input_ids (inputs_embeds are not supported)")
-        length = input_ids.shape[1]
-        if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[1] < length:
-                raise ValueError(f"attention_mask must be [batch, >= {length}], got {tuple(attention_mask.shape)}")
-            attention_mask = attention_mask[:, -length:]
-        if use_cache is None:
-            use_cache = bool(getattr(self.config, "use_cache", True)) and not self.training
-        last_only = logits_to_keep == 1 and labels is None
-        logits, state = self.lm(input_ids, cache.state if cache is not None else None, attention_mask,
-                                last_only=last_only)
-        if isinstance(logits_to_keep, int) and logits_to_keep > 1:
-            logits = logits[:, -logits_to_keep:]
-        logits = logits.float()
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
-        new_cache = BasedCache(state) if use_cache else None
-        if return_dict is False:
-            return tuple(t for t in (loss, logits, new_cache) if t is not None)
-        return BasedCausalLMOutput(loss=loss, logits=logits, cache=new_cache)
-
-
-def register() -> None:
-    """Make AutoConfig / AutoModelForCausalLM know model_type "based" (idempotent)."""
-    AutoConfig.register(NAME, BasedConfig, exist_ok=True)
-    AutoModelForCausalLM.register(BasedConfig, BasedForCausalLM, exist_ok=True)
-
-
-register()
-
-
 # --------------------------------------------------------------------------- reading hazyresearch folders
 def normalize_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """hazyresearch keys -> ours: ``model.`` stripped, ``*metrics*`` dropped (Lightning counters)."""
@@ -430,10 +292,11 @@ def _load(tree: BasedWeights, sd: dict[str, torch.Tensor], s: BasedSettings, whe
 
 
 def accepts_model(model) -> bool:
-    return any(c.__name__ == "BasedForCausalLM" and c.__module__ == __name__ for c in type(model).__mro__)
+    """A BasedForCausalLM (or a subclass), told by name: transformers need not be imported to answer."""
+    return any(c.__name__ == "BasedForCausalLM" and c.__module__ in HF_MODULES for c in type(model).__mro__)
 
 
-def from_model(model: BasedForCausalLM) -> RecurrentLM:
+def from_model(model) -> RecurrentLM:
     """The RecurrentLM inside a BasedForCausalLM (it shares the model's parameters)."""
     return model.lm
 
@@ -450,8 +313,7 @@ def from_folder(path, config: dict, *, device=None, dtype: torch.dtype | None = 
     s = settings_from_config(config, weight_keys=sd.keys())
     emb = sd.get("transformer.embeddings.word_embeddings.weight")
     dtype = dtype if dtype is not None else (emb.dtype if emb is not None else torch.float32)
-    with torch.device("meta"):
-        tree = BasedWeights(s)
+    tree = skeleton(BasedWeights, s)
     _load(tree, sd, s, where, device, dtype)
     return recurrent_lm(s, tree.transformer, tree.lm_head, eos_token_id=config.get("eos_token_id", 50256),
                         pad_token_id=config.get("pad_token_id")).eval()

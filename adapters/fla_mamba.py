@@ -42,6 +42,7 @@ from jrt_prompt.model import Block, LMConfig, RecurrentLM
 
 from .mamba import folder_dtype, load_weights
 from .mamba2 import _dt_limit
+from .skeleton import skip_init
 
 ACTIVATIONS = ("silu", "swish")
 
@@ -196,7 +197,7 @@ def _skeleton(arch: str, f: dict, error: type[JRTError], *, dtype: torch.dtype, 
                       n_layer=_whole(f["num_hidden_layers"], "num_hidden_layers", error),
                       eos_token_id=f["eos_token_id"], pad_token_id=f["pad_token_id"],
                       residual_in_fp32=bool(f["residual_in_fp32"]) and norm_dtype == torch.float32)
-    with torch.device("meta"):
+    with skip_init():
         blocks = [Block(FlaRMSNorm(d, eps, out_dtype=dtype), mixer_cls(**mixer),
                         residual_in_fp32=config.residual_in_fp32) for _ in range(config.n_layer)]
         lm = RecurrentLM(config, torch.nn.Embedding(config.vocab_size, d), blocks, FlaRMSNorm(d, eps),

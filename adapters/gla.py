@@ -19,6 +19,8 @@ from jrt_prompt.errors import CheckpointError, UnsupportedModelError
 from jrt_prompt.layers.gla import FEATURE_MAPS, FlaRMSNorm, GatedLinearAttention, GatedMLP, GLASettings
 from jrt_prompt.model import Block, LMConfig, RecurrentLM
 
+from .skeleton import skeleton
+
 NAME = "gla"
 
 # GLAConfig's defaults (fla 0.6.0) for the fields that change the math; a config.json may omit any of them.
@@ -160,8 +162,7 @@ def from_model(model) -> RecurrentLM:
     for i, layer in enumerate(model.model.layers):
         if type(layer.attn).__name__ != "GatedLinearAttention":
             raise UnsupportedModelError(f"GLA layer {i} is a {type(layer.attn).__name__}; jrt_prompt runs pure GLA")
-    with torch.device("meta"):
-        lm = build(config)
+    lm = skeleton(build, config)
     params = model.state_dict(keep_vars=True)
     _assign(lm, params, bool(config.get("tie_word_embeddings", False)), f"the {type(model).__name__}",
             make=lambda p: p if isinstance(p, nn.Parameter) else nn.Parameter(p, requires_grad=False))
@@ -189,8 +190,7 @@ def split_legacy_mlp(sd: dict[str, torch.Tensor], intermediate_size: int) -> dic
 
 def from_folder(path, config: dict, *, device=None, dtype=None) -> RecurrentLM:
     """Read an fla-format GLA checkpoint (config.json + model.* / lm_head.weight weights)."""
-    with torch.device("meta"):
-        lm = build(config)
+    lm = skeleton(build, config)
     sd = split_legacy_mlp(read_state_dict(path), lm.blocks[0].mlp.up_proj.out_features)
     sd = {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
           for k, v in sd.items()}

@@ -20,6 +20,8 @@ from jrt_prompt.layers.mamba import ACTIVATIONS, MambaMixer
 from jrt_prompt.layers.norm import RMSNorm
 from jrt_prompt.model import Block, LMConfig, RecurrentLM
 
+from .skeleton import skip_init
+
 NAME = "mamba"
 HF_CLASS = "MambaForCausalLM"
 NORM_EPS = 1e-5  # mamba_ssm's MixerModel default; its config has no field for it
@@ -35,13 +37,13 @@ MAMBA1_SSM_CFG = {"layer", "d_state", "d_conv", "expand", "dt_rank", "dt_min", "
 # ---------------------------------------------------------------- building and loading (shared with mamba2)
 def build_lm(config: LMConfig, make_mixer: Callable[[], nn.Module], *, norm_eps: float, rms_norm: bool = True
              ) -> RecurrentLM:
-    """The model skeleton on the meta device (no memory); ``load_weights`` gives it its tensors."""
+    """The model skeleton on the meta device (no memory, no initialisation); ``load_weights`` gives it its tensors."""
     d = config.d_model
 
     def norm() -> nn.Module:
         return RMSNorm(d, eps=norm_eps) if rms_norm else nn.LayerNorm(d, eps=norm_eps)
 
-    with torch.device("meta"):
+    with skip_init():
         blocks = [Block(norm(), make_mixer(), residual_in_fp32=config.residual_in_fp32) for _ in range(config.n_layer)]
         lm = RecurrentLM(config, nn.Embedding(config.vocab_size, d), blocks, norm(),
                          nn.Linear(d, config.vocab_size, bias=False))
