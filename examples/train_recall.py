@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="Mamba training scan on CUDA: as GLA through fla (default) or the PyTorch reference")
     train = p.add_argument_group("training")
     train.add_argument("--minutes", type=float, default=8.0, help="training time budget (evaluation comes after)")
-    train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    train.add_argument("--max-steps", type=int, help="a step budget as well: stop and schedule by whichever ends first")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--warmup", type=int, default=200)
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--answer-weight", type=float, default=1.0, help="weight of the answers' value loss")
     train.add_argument("--recall-weight", type=float, default=1.0, help="weight of the JRT second-copy loss")
     train.add_argument("--mix", default="plain=0.3,jrt=0.4,question_first=0.3")
+    train.add_argument("--attributes", default="1-3", help="attributes per record in training, a range (test: 3)")
     train.add_argument("--workers", type=int, default=2, help="data-loader processes")
     train.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines")
     train.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -101,6 +102,14 @@ def parse_mix(text: str) -> dict[str, float]:
             raise SystemExit(f"--mix: unknown format {name!r} (formats: {', '.join(data_mod.FORMATS)})")
         mix[name] = float(weight or 1)
     return mix
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise SystemExit(f"--attributes {text!r} must be a number or a range like 1-3") from None
 
 
 def model_size(args) -> ModelSize:
@@ -175,7 +184,8 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         results["kv_bytes_per_token"] = models.state_bytes(trainable, 1)
     else:
         results["state_bytes"] = models.state_bytes(trainable)
-    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), tokens_per_batch=args.tokens_per_batch)
+    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), attributes=parse_range(args.attributes),
+                                     tokens_per_batch=args.tokens_per_batch)
     config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
                               start_records=args.start_records, max_records=args.max_records,
                               floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),

@@ -85,6 +85,7 @@ def test_batches_have_few_shapes_right_masks_and_train_names_only(tok):
     stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=2048), seed=3,
                               level=lambda: 4)
     train_names, test_names = set(synthetic.names("train")), set(synthetic.names("test"))
+    attribute_counts = set()
     for _ in range(6):
         b = stream.batch()
         B, L = b.ids.shape
@@ -105,9 +106,12 @@ def test_batches_have_few_shapes_right_masks_and_train_names_only(tok):
             context = text.split("\n\nQuestion:")[0]
             assert tok.decode(copy) == context and len(recall) == int(recall[-1] - recall[0]) + 1
             assert text.count(context) == 2 and text.index(context, 1) == len(tok.decode(b.ids[i, :int(recall[0]) + 1]))
-            names = {line.split(".")[0][len("Name: "):] for line in text.split("\n") if line.startswith("Name: ")}
+            records = [line for line in text.split("\n") if line.startswith("Name: ")]
+            names = {line.split(".")[0][len("Name: "):] for line in records}
             assert names and names <= train_names and not names & test_names
+            attribute_counts |= {line.count(": ") - 1 for line in records}
             assert b.records[i] <= (4 if b.formats[i] == "jrt" else 8)
+    assert attribute_counts == {1, 2, 3}  # per batch, from MixtureConfig.attributes
 
 
 def test_mixture_rejects_unknown_formats(tok):

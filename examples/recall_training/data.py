@@ -176,7 +176,8 @@ def collate(samples: list[Sample], pad_id: int, buckets: tuple[int, ...] = BUCKE
 @dataclass
 class MixtureConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    attributes: int = 3
+    attributes: tuple[int, int] = (1, 3)  # per batch, uniform in this range: one-attribute records are plain copying,
+    # easy examples that start the copy circuit recall builds on; the test documents have 3
     tokens_per_batch: int = 16384
     max_batch: int = 256
     buckets: tuple[int, ...] = BUCKETS
@@ -185,35 +186,40 @@ class MixtureConfig:
 class BatchStream:
     """An endless seeded stream of batches from the train split; ``level()`` gives the current largest record
     count (the curriculum): half the batches draw records from [level/2, level], half from [1, level]; within a
-    batch, JRT rows have that many records and the other formats twice as many (see ``_row_records``)."""
+    batch, JRT rows have that many records and the other formats twice as many (see ``_row_records``); the number of
+    attributes per record is drawn per batch from ``config.attributes``."""
 
     def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], int]):
         if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
                 or sum(config.mix.values()) <= 0:
             raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
+        lo, hi = config.attributes
+        if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
+            raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
         self.encoder, self.config, self.level = encoder, config, level
         self.rng = random.Random(f"recall-training:{seed}")
         self.seed = seed
-        self._generators: dict[int, synthetic.Generator] = {}
-        self._lengths: dict[tuple[str, int], int] = {}
+        self._generators: dict[tuple[int, int], synthetic.Generator] = {}
+        self._lengths: dict[tuple[str, int, int], int] = {}
 
-    def _generator(self, records: int) -> synthetic.Generator:
-        if records not in self._generators:
-            self._generators[records] = synthetic.Generator(
-                "train", self.seed * 100_003 + records, records=records, attributes=self.config.attributes,
-                questions=self.config.attributes * records)
-        return self._generators[records]
+    def _generator(self, records: int, attributes: int) -> synthetic.Generator:
+        key = (records, attributes)
+        if key not in self._generators:
+            self._generators[key] = synthetic.Generator(
+                "train", self.seed * 100_003 + records * 10 + attributes, records=records, attributes=attributes,
+                questions=attributes * records)
+        return self._generators[key]
 
     def _records(self) -> int:
         level = max(1, self.level())
         lo = max(1, level // 2) if self.rng.random() < 0.5 else 1
         return self.rng.randint(lo, level)
 
-    def _row_length(self, fmt: str, records: int) -> int:
+    def _row_length(self, fmt: str, records: int, attributes: int) -> int:
         """Tokens of one sample (every name, attribute and value is a fixed number of tokens: measured once)."""
-        key = (fmt, records)
+        key = (fmt, records, attributes)
         if key not in self._lengths:
-            doc = self._generator(records).document()
+            doc = self._generator(records, attributes).document()
             self._lengths[key] = len(self.encoder.encode(fmt, doc, doc.asked[0]).ids)
         return self._lengths[key]
 
@@ -224,13 +230,15 @@ class BatchStream:
 
     def batch(self) -> Batch:
         n = self._records()
+        attributes = self.rng.randint(*self.config.attributes)
         formats, weights = list(self.config.mix), list(self.config.mix.values())
-        longest = max(self._row_length(f, self._row_records(f, n)) for f, w in zip(formats, weights) if w > 0)
+        longest = max(self._row_length(f, self._row_records(f, n), attributes)
+                      for f, w in zip(formats, weights) if w > 0)
         rows = max(1, min(self.config.max_batch, self.config.tokens_per_batch // bucket(longest, self.config.buckets)))
         samples: list[Sample] = []
         while len(samples) < rows:
             fmt = self.rng.choices(formats, weights)[0]
-            doc = self._generator(self._row_records(fmt, n)).document()
+            doc = self._generator(self._row_records(fmt, n), attributes).document()
             # a few questions per document, each its own row (a fresh state, as at inference)
             for fact in doc.asked[:max(1, min(4, rows - len(samples)))]:
                 samples.append(self.encoder.encode(fmt, doc, fact))

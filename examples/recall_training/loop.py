@@ -1,4 +1,4 @@
-"""The timed training run: AdamW with warmup and a time-based cosine, bf16 autocast on CUDA, a record-count
+"""The timed training run: AdamW with warmup and a cosine over the time (or step) budget, bf16 autocast on CUDA, a record-count
 curriculum that grows when the model recalls, periodic logs, and a guard against parameters that get no gradient.
 
 Loss per batch = mean next-token loss over every real token + ``answer_weight`` x mean loss of the answers' values +
@@ -25,7 +25,7 @@ from .models import Trainable
 @dataclass
 class TrainConfig:
     minutes: float = 8.0
-    max_steps: int | None = None  # stop earlier than the time budget (tests, smoke runs)
+    max_steps: int | None = None  # also a step budget: the schedule (LR, curriculum floor) follows the nearer one
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
@@ -210,6 +210,8 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
                 break
             batch = next(loader).to(device)
             progress = elapsed / budget
+            if config.max_steps:  # a step budget too: the schedule follows whichever runs out first
+                progress = max(progress, result.steps / config.max_steps)
             lr = lr_at(config, result.steps, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
