@@ -37,26 +37,37 @@ DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1, tiny shapes (a test 
 SHAPES = {"check": (2, 1000, 4, 64), "time": (16, 16, 64)}  # (B, T, H, Dv) and (B, H, Dv)
 COPY_BPS, MATMUL_FLOPS = 3.0e12, 688e12  # measured on an H100 (jrt-bench kernels)
 
-# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0)) in priority order: what is most likely to win first,
-# so that a run cut short by its budget still has the important rows. maxnreg 128 at 8 warps lets two
-# programs share an SM (one wave for B16 x H16 at BV 64).
+# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, state BV, state num_warps])) in priority order: what
+# is most likely to win first, so that a run cut short by its budget still has the important rows. Variants
+# (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs prefetched; grid / onehot =
+# other feature layouts; twopass* = a state walk writing every chunk's state, then all chunks in parallel (the
+# last two numbers configure the walk). maxnreg 128 at 8 warps lets two programs share an SM.
 SWEEP = [
-    ("fold", (64, 64, 8, 1, 0)),  # the current default's pick on the H100
+    ("fold", (64, 64, 8, 1, 0)),  # the previous default's pick on the H100 (1.96 ms at T = 8192)
+    ("foldp", (64, 64, 8, 1, 0)),
+    ("foldp", (64, 64, 16, 1, 0)),
+    ("fold", (64, 64, 16, 1, 0)),
+    ("foldp", (32, 32, 8, 1, 0)),
+    ("foldp", (64, 32, 8, 1, 0)),
+    ("foldp", (64, 64, 8, 1, 128)),
+    ("foldp", (64, 32, 16, 1, 0)),
+    ("twopass1h", (128, 64, 8, 1, 0, 64, 8)),
+    ("twopass1h", (64, 64, 8, 1, 0, 64, 8)),
+    ("twopass", (128, 64, 8, 1, 0, 64, 8)),
+    ("twopass1h", (128, 64, 16, 1, 0, 64, 8)),
+    ("twopass1h", (64, 64, 4, 1, 0, 32, 4)),
+    ("onehotp", (64, 64, 8, 1, 0)),
+    ("gridp", (64, 64, 8, 1, 0)),
     ("onehot", (64, 64, 8, 1, 0)),
-    ("grid", (64, 64, 8, 1, 0)),
-    ("fold", (64, 64, 8, 1, 128)),
-    ("onehot", (64, 64, 8, 1, 128)),
-    ("onehot", (32, 64, 8, 1, 0)),
-    ("onehot", (32, 32, 8, 1, 0)),
-    ("grid", (32, 32, 8, 1, 0)),
+    ("onehotp", (32, 32, 8, 1, 0)),
+    ("gridp", (32, 32, 8, 1, 0)),
     ("fold", (32, 32, 8, 1, 0)),
-    ("fold", (32, 32, 8, 1, 128)),
-    ("onehot", (32, 32, 8, 1, 128)),
-    ("grid", (32, 32, 8, 1, 128)),
-    ("onehot", (64, 32, 8, 1, 0)),
+    ("foldp", (32, 64, 8, 1, 0)),
+    ("foldp", (32, 32, 4, 1, 0)),
+    ("foldp", (32, 32, 8, 1, 128)),
+    ("onehotp", (64, 64, 16, 1, 0)),
+    ("twopass", (64, 64, 8, 1, 0, 64, 8)),
     ("fold", (64, 32, 8, 1, 0)),
-    ("onehot", (32, 32, 4, 1, 0)),
-    ("fold", (32, 32, 4, 1, 0)),
 ]
 
 

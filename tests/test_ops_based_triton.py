@@ -115,20 +115,71 @@ def check_initial_state_in():
     assert all(torch.equal(a, b) for a, b in zip(init, saved)), "initial_state was modified"
 
 
+def symmetrised(kv: torch.Tensor) -> torch.Tensor:
+    """kv with its x_i x_j and x_j x_i rows averaged: the same phi(q) . kv for every q."""
+    out = kv.clone()
+    pair = kv[..., 17:, :].reshape(*kv.shape[:-2], 16, 16, kv.shape[-1])
+    out[..., 17:, :] = ((pair + pair.transpose(-3, -2)) / 2).reshape(*kv.shape[:-2], 256, kv.shape[-1])
+    return out
+
+
 def check_asymmetric_initial_state():
-    """Any public kv gives the reference's outputs; the returned kv has the x_i x_j and x_j x_i rows averaged."""
+    """Any public kv gives the reference's outputs, with every variant; the returned kv equals the reference's up
+    to moving weight between the x_i x_j and x_j x_i rows (the fold and onehot layouts average them)."""
     tc, _ = _ops()
     q, k, v = inputs(1, 50, 2, 16, seed=2)
     g = torch.Generator().manual_seed(3)
     kv0 = torch.randn(1, 2, F, 16, generator=g)
     z0 = torch.rand(1, 2, F, generator=g) * 10 + 50  # keeps the normaliser away from zero
-    o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=(kv0, z0))
     ro, (rkv, rz) = reference(q, k, v, initial_state=(kv0, z0))
-    assert rel(o, ro) < 1e-5, rel(o, ro)
-    sym = rkv.clone()
-    pair = rkv[:, :, 17:].reshape(1, 2, 16, 16, 16)
-    sym[:, :, 17:] = ((pair + pair.transpose(2, 3)) / 2).reshape(1, 2, 256, 16)
-    assert rel(kv, sym) < 1e-5 and rel(z, rz) < 1e-5, (rel(kv, sym), rel(z, rz))
+    for name in tc.VARIANTS:
+        o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=(kv0, z0), variant=name)
+        assert rel(o, ro) < 1e-5, (name, rel(o, ro))
+        assert rel(symmetrised(kv), symmetrised(rkv)) < 1e-5 and rel(z, rz) < 1e-5, (name, rel(kv, rkv), rel(z, rz))
+        if name.startswith("grid"):  # one kernel row per public row: nothing is averaged
+            assert rel(kv, rkv) < 1e-5, (name, rel(kv, rkv))
+
+
+def check_every_variant_matches_reference():
+    """Each kernel variant (fp32 and 16-bit, mask, initial state, segments unless two-pass, a chunk size that does
+    not divide T) against the float64 reference; the layouts round-trip."""
+    tc, _ = _ops()
+    B, T, H, Dv = 2, 100, 2, 24
+    mask = left_pad_mask(B, T, (0, 37))
+    init = prefix_state(B, H, Dv)
+    for name, var in tc.VARIANTS.items():
+        back = tc.from_kernel_layout(tc.to_kernel_layout(init[0], name), name)
+        assert rel(back, init[0]) < 1e-6, (name, rel(back, init[0]))
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 1e-2)):
+            q, k, v = inputs(B, T, H, Dv, dtype=dtype, seed=21)
+            ro, (rkv, rz) = reference(q, k, v, initial_state=init, mask=mask)
+            for segments in ((1,) if var.twopass or dtype != torch.float32 else (1, 3)):
+                o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask, variant=name,
+                                                        segments=segments)
+                assert o.dtype == dtype and torch.all(o[~mask] == 0), name
+                errs = rel(o, ro), rel(kv, rkv), rel(z, rz)
+                assert errs[0] < tol and errs[1] < tol and errs[2] < 1e-5, (name, dtype, segments, errs)
+
+
+def check_variant_choice():
+    from jrt_prompt.errors import JRTError
+    tc, _ = _ops()
+    assert tc.variant_named(None).name == os.environ.get(tc.VARIANT_ENV, tc.DEFAULT_VARIANT)
+    assert tc.variant_named("onehot").slots == 160 and tc.variant_named("grid").slots == 288
+    for bad in ("nope", "fold "):
+        try:
+            tc.variant_named(bad)
+        except JRTError as e:
+            assert "variant" in str(e)
+        else:
+            raise AssertionError("an unknown variant must raise")
+    assert tc.parse_config("64,32,8,1") == (64, 32, 8, 1) and tc.parse_config("64,32,8,1,128")[-1] == 128
+    try:
+        tc.parse_config("64,32")
+    except JRTError as e:
+        assert tc.CONFIG_ENV in str(e)
+    else:
+        raise AssertionError("a bad config must raise")
 
 
 def check_split_point_equality():
@@ -424,38 +475,69 @@ def test_gpu_step_is_graph_capturable():
 # CPU: the kernels compile for Hopper (sm_90a) with Triton's bundled ptxas; no GPU needed
 
 
+def _resources(cubin: bytes) -> dict:
+    """Registers and spill stack of a cubin, read with the cuobjdump Triton bundles."""
+    import re
+    import tempfile
+
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"regs": int(found.group(1)), "stack": int(found.group(2))} if found else {}
+
+
 def compile_for_hopper() -> dict[str, dict]:
-    """Compiles the prefill (bf16, every option on; and the state-only pass) and the step to cubins."""
+    """Compiles every prefill variant (bf16, the benchmark's flags: no mask, no initial state, final state; and
+    with every option on), the two-pass kernels, the state-only pass and the step, to sm_90a cubins."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     tc, ts = _ops()
+    from jrt_prompt.ops.based import triton_split as split
 
-    def build(fn, consts, num_warps, dtype="bf16"):
+    def build(fn, consts, num_warps, maxnreg=0, dtype="bf16"):
         sig = {}
         for name in fn.arg_names:
             if name in consts:
                 sig[name] = "constexpr"
             elif name.endswith("_ptr"):
-                sig[name] = ("*fp32" if name.startswith(("kv_", "z_")) else "*u8" if name == "mask_ptr"
+                sig[name] = ("*fp32" if name.startswith(("kv_", "z_", "tab_", "cz_")) else "*u8" if name == "mask_ptr"
                              else "*" + dtype)
             else:
                 sig[name] = "fp32" if name == "eps" else "i32"
+        options = {"num_warps": num_warps, "num_stages": 1, **({"maxnreg": maxnreg} if maxnreg else {})}
         kernel = triton.compile(ASTSource(fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": num_warps, "num_stages": 1})
+                                options=options)
         return {"cubin_bytes": len(kernel.asm["cubin"]), "shared": kernel.metadata.shared,
-                "wgmma": "wgmma" in kernel.asm["ptx"]}
+                "wgmma": "wgmma" in kernel.asm["ptx"], **_resources(kernel.asm["cubin"])}
 
+    built = {}
+    base = dict(DT=tl.bfloat16, XDT=tl.bfloat16, PREC="tf32x3")
+    for name, var in tc.VARIANTS.items():
+        cx = dict(var.constexprs)
+        bt, bv, warps = (var.default_config or var.configs_16bit[0])[:3]
+        flags = dict(base, **cx, BT=bt, BV=bv, HAS_INIT=False, HAS_MASK=False, WRITE_STATE=True, WRITE_CHUNKS=False)
+        if not var.twopass:
+            built[name] = build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps)
+            continue
+        state_bv, state_warps = var.default_config[5:7]
+        built[name + ":state"] = build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, WRITE_CHUNKS=True,
+                                                                    BV=state_bv), state_warps)
+        out_flags = {k: v for k, v in flags.items() if k in ("DT", "XDT", "PREC", "BT", "BV", "NB", "FEAT")}
+        built[name + ":out"] = build(split._based_chunk_out_kernel, dict(out_flags, HAS_MASK=False), warps)
     bt, bv, warps, _ = tc._CONFIGS_16BIT[0]
-    flags = dict(HAS_INIT=True, HAS_MASK=True, WRITE_STATE=True, DT=tl.bfloat16, XDT=tl.bfloat16, PREC="tf32x3",
-                 BT=bt, BV=bv)
-    return {
-        "prefill": build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps),
-        "state_pass": build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, HAS_INIT=False), warps),
-        "step": build(ts._based_step_kernel, {"BV": 64, "BF": 64}, 4),
-    }
+    every = dict(base, **dict(tc.VARIANTS["fold"].constexprs), BT=bt, BV=bv, HAS_INIT=True, HAS_MASK=True,
+                 WRITE_STATE=True, WRITE_CHUNKS=False)
+    built["prefill"] = build(tc._based_chunk_kernel, dict(every, WRITE_O=True), warps)
+    built["state_pass"] = build(tc._based_chunk_kernel, dict(every, WRITE_O=False, HAS_INIT=False), warps)
+    built["step"] = build(ts._based_step_kernel, {"BV": 64, "BF": 64}, 4)
+    return built
 
 
 def test_kernels_compile_for_hopper():
@@ -466,9 +548,13 @@ def test_kernels_compile_for_hopper():
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     assert lines, f"compile child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     built = json.loads(lines[0][len(RESULT_TAG):])
-    assert set(built) == {"prefill", "state_pass", "step"}
+    from jrt_prompt.ops.based import triton_chunk as tc
+    assert {"prefill", "state_pass", "step"} <= set(built)
+    assert all(name in built or name + ":out" in built for name in tc.VARIANTS)
     assert all(b["cubin_bytes"] > 0 for b in built.values())
     assert built["prefill"]["wgmma"], "the prefill's matrix products should run on Hopper's wgmma"
+    print("sm_90a resources:", json.dumps({k: {f: b.get(f) for f in ("regs", "stack", "shared")}
+                                           for k, b in built.items()}))
 
 
 if __name__ == "__main__":

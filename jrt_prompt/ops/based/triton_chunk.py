@@ -1,23 +1,27 @@
 """Triton prefill for Based's Taylor linear attention, with the recurrent state in and out.
 
 Why ours: fla's Based kernels neither take an initial state nor return the final one, so they
-cannot hand a prompt over to a decoder. This kernel walks the sequence in chunks of ``BT`` tokens
-and keeps the fp32 state of one (batch, head, value block) in registers for the whole walk:
+cannot hand a prompt over to a decoder. The kernel (``triton_split._based_split_kernel``) walks the
+sequence in chunks of ``BT`` tokens and keeps the fp32 state of one (batch, head, value block) in
+registers for the whole walk:
 
     chunk : num = phi(q) . S  +  causal(1 + s + s^2/2) @ v     with s = q k^T / 4 inside the chunk
             den = phi(q) . z  +  row sums of that causal matrix
             S += phi(k)^T v,   z += sum phi(k)
 
-Inside the kernel the 273 public features are folded into one 16 x 16 grid of 256 slots, so
-that the state needs a single [256, Dv] matrix product each way (one tensor-core dot for
-phi(q) S and one for phi(k)^T v, no separate order-0/1 products): slot (r, c) holds
-x_r x_c for r < c (both orders of a pair at once), x_r^2 on the diagonal, x_r / 2 at (r, r-1),
-x_0 / 2 at (2, 0), the constant 1 at (3, 0), zero elsewhere. The q side and the k side use
-power-of-two weights whose products give the kernel exactly (pairs 1/4 and 1/4, squares 1/4
-and 1/8, so 1/16 and 1/32 = the s^2/2 coefficients), so bf16 features are single-rounded
-products. The k-sum stays in the public form (z0, z1 [16], z2 as a 16 x 16 matrix Z = c2 sum k k^T);
-its order-2 term is phi2(q).z2 = c2 q^T Z q, from a [BT, 16] x [16, 16] dot.
-The wrapper converts the state between this layout and the public one
+Variants (``VARIANTS``, chosen by ``variant=`` or $JRT_BASED_TRITON_VARIANT) differ in how the 273
+public features are laid out in the kernel's state (``layout``: "fold" packs them into one 16 x 16
+grid of 256 slots, below; "grid" and "onehot" are described in triton_split), in whether the next
+chunk's inputs are loaded while one computes (``prefetch``), and in running as two passes
+(``twopass``: a walk that writes the state entering every chunk, then all chunks' outputs at once).
+
+The fold layout: slot (r, c) holds x_r x_c for r < c (both orders of a pair at once), x_r^2 on the
+diagonal, x_r / 2 at (r, r-1), x_0 / 2 at (2, 0), the constant 1 at (3, 0), zero elsewhere. The
+q side and the k side use power-of-two weights whose products give the kernel exactly (pairs 1/4
+and 1/4, squares 1/4 and 1/8, so 1/16 and 1/32 = the s^2/2 coefficients), so bf16 features are
+single-rounded products. The k-sum stays in the public form (z0, z1 [16], z2 as a 16 x 16 matrix
+Z = c2 sum k k^T); its order-2 term is phi2(q).z2 = c2 q^T Z q, from a [BT, 16] x [16, 16] dot.
+The wrapper converts the state between a variant's layout and the public one
 (kv [B, H, 273, Dv] over (1, x/2, vec(x x^T)/(4 sqrt 2))).
 
 When batch x heads is too small to fill the GPU the sequence is also cut into segments: one pass
@@ -49,127 +53,8 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-@triton.jit
-def _folded_features(xr, xc, r, c, one, KEYS: tl.constexpr):
-    """The 16 x 16 slot grid from x / 2 broadcast along rows (``xr``) and columns (``xc``).
-
-    ``r``, ``c``: each slot's row and column, broadcastable like xr and xc; ``one``: the constant
-    slot (1, or the mask for keys). Queries: x_r x_c / 4 everywhere (the state's unused slots are
-    zero, so what queries put there does not count); keys: x_r x_c / 4 above the diagonal,
-    x_r^2 / 8 on it, zero below. Both: x_r / 2 at (r, r - 1), x_0 / 2 at (2, 0), ``one`` at (3, 0).
-    ``_slot_table`` mirrors this.
-    """
-    f = xr * xc
-    if KEYS:
-        f = tl.where(r < c, f, tl.where(r == c, f * 0.5, 0.0))
-    f = tl.where(r == c + 1, xr, f)
-    f = tl.where((r == 2) & (c == 0), xc, f)
-    return tl.where((r == 3) & (c == 0), one, f)
-
-
-@triton.jit(do_not_specialize=["T_BUCKET", "BH_BUCKET"])
-def _based_chunk_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr,
-    kv_in_ptr, z_in_ptr, kv_out_ptr, z_out_ptr,
-    T, H, DV, SEG_LEN, NSEG,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_ob, stride_ot, stride_oh,
-    eps,
-    T_BUCKET, BH_BUCKET,  # only in the autotuning key
-    HAS_INIT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, WRITE_STATE: tl.constexpr,
-    DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BV: tl.constexpr,
-):
-    """Grid (value blocks, B * H, segments). State slots are [B * H, NSEG, ...] in and out: kv in
-    the folded [256, DV] layout, the k-sum in the public 273 layout. DT: the operand dtype of the feature,
-    state and value products; XDT: of the exact small ones (q k^T and k^T k), the inputs' own."""
-    iv = tl.program_id(0)
-    ibh = tl.program_id(1)
-    iseg = tl.program_id(2)
-    b = (ibh // H).to(tl.int64)
-    h = (ibh % H).to(tl.int64)
-    slot = ibh.to(tl.int64) * NSEG + iseg
-    t_start = iseg * SEG_LEN
-    t_end = tl.minimum(t_start + SEG_LEN, T)
-
-    offs_t = tl.arange(0, BT)
-    offs_f = tl.arange(0, 16)
-    offs_s = tl.arange(0, 256)
-    offs_v = iv * BV + tl.arange(0, BV)
-    vmask = offs_v < DV
-    c2 = 0.17677669529663687  # 1 / (4 sqrt 2)
-
-    if HAS_INIT:
-        s = tl.load(kv_in_ptr + slot * (256 * DV) + offs_s[:, None] * DV + offs_v[None, :],
-                    mask=vmask[None, :], other=0.0)
-        z_base = z_in_ptr + slot * 273
-        z0 = tl.sum(tl.load(z_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
-        z1 = tl.load(z_base + 1 + offs_f)
-        zk = tl.load(z_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])  # z2 as 16 x 16: c2 sum k k^T
-    else:
-        s = tl.zeros([256, BV], dtype=tl.float32)
-        z0 = tl.sum(tl.zeros([16], dtype=tl.float32), axis=0)
-        z1 = tl.zeros([16], dtype=tl.float32)
-        zk = tl.zeros([16, 16], dtype=tl.float32)
-
-    q_base = q_ptr + b * stride_qb + h * stride_qh
-    k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
-    o_base = o_ptr + b * stride_ob + h * stride_oh
-    causal = offs_t[:, None] >= offs_t[None, :]
-
-    for t0 in range(t_start, t_end, BT):
-        rows = t0 + offs_t
-        valid = rows < t_end
-        if HAS_MASK:
-            m = valid & (tl.load(mask_ptr + b * T + rows, mask=valid, other=0) != 0)
-        else:
-            m = valid
-        # padded keys and values load as zeros: they add nothing to the state
-        kx = tl.load(k_base + rows[:, None] * stride_kt + offs_f[None, :], mask=m[:, None], other=0.0).to(XDT)
-        kTx = tl.load(k_base + rows[None, :] * stride_kt + offs_f[:, None], mask=m[None, :], other=0.0).to(XDT)
-        v = tl.load(v_base + rows[:, None] * stride_vt + offs_v[None, :], mask=m[:, None] & vmask[None, :],
-                    other=0.0).to(DT)
-
-        if WRITE_O:
-            qx = tl.load(q_base + rows[:, None] * stride_qt + offs_f[None, :], mask=valid[:, None], other=0.0)
-            qx = qx.to(XDT)
-            qf = qx.to(tl.float32)
-            q = qx.to(DT)
-            # inside the chunk: the exact kernel 1 + s + s^2/2, causal, padded keys dropped
-            sc = tl.dot(qx, kTx, input_precision=PREC) * 0.25
-            p = 1.0 + sc + 0.5 * sc * sc
-            p = tl.where(causal & m[None, :], p, 0.0)
-            acc = tl.dot(p.to(DT), v, input_precision=PREC)
-            # from the state carried in
-            qh = q * 0.5
-            fq = _folded_features(qh[:, :, None], qh[:, None, :], offs_f[None, :, None], offs_f[None, None, :],
-                                  1.0, False).to(DT)
-            acc = tl.dot(tl.reshape(fq, (BT, 256)), s.to(DT), acc, input_precision=PREC)
-            qz = tl.dot(q, zk.to(DT), input_precision=PREC)  # phi2(q) . z2 = c2 q^T Z q
-            den = tl.sum(p, axis=1) + z0 + 0.5 * tl.sum(qf * z1[None, :], axis=1) + c2 * tl.sum(qz * qf, axis=1)
-            out = acc / (den + eps)[:, None]
-            out = tl.where(m[:, None], out, 0.0)
-            tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
-                     mask=valid[:, None] & vmask[None, :])
-
-        kh = kTx.to(DT) * 0.5
-        fk = _folded_features(kh[:, None, :], kh[None, :, :], offs_f[:, None, None], offs_f[None, :, None],
-                              m[None, None, :].to(DT), True).to(DT)
-        s = tl.dot(tl.reshape(fk, (256, BT)), v, s, input_precision=PREC)
-        z0 += tl.sum(m.to(tl.float32), axis=0)
-        z1 += 0.5 * tl.sum(kx.to(tl.float32), axis=0)
-        zk += c2 * tl.dot(kTx, kx, input_precision=PREC)
-
-    if WRITE_STATE:
-        tl.store(kv_out_ptr + slot * (256 * DV) + offs_s[:, None] * DV + offs_v[None, :], s, mask=vmask[None, :])
-        if iv == 0:
-            z_base = z_out_ptr + slot * 273
-            tl.store(z_base + offs_f, tl.where(offs_f < 1, z0, 0.0), mask=offs_f < 1)
-            tl.store(z_base + 1 + offs_f, z1)
-            tl.store(z_base + 17 + offs_f[:, None] * 16 + offs_f[None, :], zk)
+# The kernels live in triton_split (one kernel, three feature layouts: FEAT "fold", "grid", "onehot").
+_based_chunk_kernel = split._based_split_kernel
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,30 +139,46 @@ DEFAULT_VARIANT = "fold"
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One prefill kernel family: its Triton function, what its kv rows hold, its configs to tune."""
+    """One prefill kernel family: the feature layout of ``triton_split._based_split_kernel``, whether it
+    prefetches, whether it runs as two passes, and its configs to tune."""
 
     name: str
-    kernel: object
-    slot_table: Callable[[], tuple]
-    configs_16bit: tuple
-    configs_fp32: tuple
-    constexprs: tuple = ()  # extra (name, value) compile-time arguments
-    table: bool = False  # whether the kernel reads triton_split.tables(name)
+    layout: str  # "fold", "grid" or "onehot" (FEAT)
+    configs_16bit: tuple = ()
+    configs_fp32: tuple = ()
+    prefetch: bool = False
+    twopass: bool = False  # a state walk writing every chunk's state, then all chunks' outputs in parallel
+    default_config: tuple = ()  # twopass: no autotuning, this config unless one is given
+
+    kernel = split._based_split_kernel
+
+    def slot_table(self) -> tuple:
+        return _slot_table() if self.layout == "fold" else split.slot_table(self.layout)
 
     @property
     def slots(self) -> int:
         return len(self.slot_table())
 
+    @property
+    def constexprs(self) -> tuple:
+        return (("NB", 128 if self.layout == "onehot" else 256), ("FEAT", self.layout), ("PREFETCH", self.prefetch))
 
-_SPLIT_16BIT = ((64, 64, 8, 1), (64, 64, 8, 2), (32, 64, 8, 1), (64, 32, 8, 1), (32, 32, 4, 1))
+    def table(self, device: torch.device) -> torch.Tensor | None:
+        return None if self.layout == "fold" else split.tables(self.layout, device)
+
+
+_SPLIT_16BIT = ((64, 64, 8, 1), (32, 64, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1), (32, 32, 4, 1))
 _SPLIT_FP32 = ((32, 32, 8, 1), (64, 32, 8, 1))
-VARIANTS: dict[str, Variant] = {
-    "fold": Variant("fold", _based_chunk_kernel, _slot_table, tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32)),
-    "grid": Variant("grid", split._based_split_kernel, functools.partial(split.slot_table, "grid"), _SPLIT_16BIT,
-                    _SPLIT_FP32, (("NB", 256), ("ONEHOT", False)), table=True),
-    "onehot": Variant("onehot", split._based_split_kernel, functools.partial(split.slot_table, "onehot"),
-                      _SPLIT_16BIT, _SPLIT_FP32, (("NB", 128), ("ONEHOT", True)), table=True),
-}
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("fold", "fold", tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32)),
+    Variant("foldp", "fold", tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32), prefetch=True),
+    Variant("grid", "grid", _SPLIT_16BIT, _SPLIT_FP32),
+    Variant("gridp", "grid", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
+    Variant("onehot", "onehot", _SPLIT_16BIT, _SPLIT_FP32),
+    Variant("onehotp", "onehot", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
+    Variant("twopass", "fold", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8)),
+    Variant("twopass1h", "onehot", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8)),
+]}
 
 
 def variant_named(name: str | None = None) -> Variant:
@@ -354,45 +255,92 @@ def last_config() -> str | None:
     return f"BT={cfg.kwargs['BT']} BV={cfg.kwargs['BV']} warps={cfg.num_warps} stages={cfg.num_stages}{reg}"
 
 
-def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state,
-            variant: Variant, config: tuple | None = None):
-    B, T, H, _ = q.shape
-    DV = v.shape[-1]
-    # fp16 runs its dots in bf16: a long prompt's summed state and (q.k)^2 can pass fp16's range.
-    # Triton 3.9's CPU interpreter computes garbage for bf16 arithmetic (loads, stores and casts are
-    # right), so there the 16-bit path runs the same code with fp16 operands.
+def _dtypes(q):
+    """(DT, XDT, PREC): fp16 runs its dots in bf16 (a long prompt's summed state and (q.k)^2 can pass fp16's
+    range). Triton 3.9's CPU interpreter computes garbage for bf16 arithmetic (loads, stores and casts are
+    right), so there the 16-bit path runs the same code with fp16 operands."""
     dt = tl.float32 if q.dtype == torch.float32 else (tl.float16 if _INTERPRET else tl.bfloat16)
     xdt = tl.float32 if (_INTERPRET or q.dtype == torch.float32) else _TL_DTYPES[q.dtype]
     prec = "ieee" if _INTERPRET else "tf32x3"  # only used by fp32 dots: about fp32's accuracy
+    return dt, xdt, prec
+
+
+def _strides(*tensors) -> list[int]:
+    return [n for x in tensors for n in (x.stride(0), x.stride(1), x.stride(2))]
+
+
+def _run(kernel, grid, args, meta, config: tuple | None):
+    """Launches with ``config`` (BT, BV, num_warps, num_stages[, maxnreg]); records the compiled kernel."""
+    bt, bv, warps, stages = config[:4]
+    extra = {"maxnreg": config[4]} if len(config) > 4 and config[4] else {}
+    compiled = kernel[grid](*args, **meta, BT=bt, BV=bv, num_warps=warps, num_stages=stages, **extra)
+    last_compiled[:] = [compiled]
+
+
+def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state,
+            variant: Variant, config: tuple | None = None, chunks: tuple | None = None):
+    """The fused kernel over ``nseg`` segments; ``chunks`` = (ck, cz): also write the state entering each chunk."""
+    B, T, H, _ = q.shape
+    DV = v.shape[-1]
+    dt, xdt, prec = _dtypes(q)
     o_arg = o if o is not None else v  # never written when write_o is False
     args = [q, k, v, o_arg, mask_u8 if mask_u8 is not None else q,
             kv_in if kv_in is not None else q, z_in if z_in is not None else q,
             kv_out if kv_out is not None else q, z_out if z_out is not None else q]
-    if variant.table:
-        args.append(split.tables(variant.name, q.device))
-    args += [T, H, DV, seg_len, nseg,
-             q.stride(0), q.stride(1), q.stride(2),
-             k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2),
-             o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
+    table = variant.table(q.device)
+    args += [table if table is not None else q, *(chunks if chunks is not None else (q, q))]
+    args += [T, H, DV, seg_len, nseg, *_strides(q, k, v, o_arg),
              float(eps), max(T - 1, 1).bit_length(), max(B * H - 1, 1).bit_length()]
     meta = dict(HAS_INIT=kv_in is not None, HAS_MASK=mask_u8 is not None, WRITE_O=write_o,
                 WRITE_STATE=write_state, DT=dt, XDT=xdt, PREC=prec, **dict(variant.constexprs))
+    if chunks is not None:
+        meta["WRITE_CHUNKS"] = True
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
         grid = (triton.cdiv(DV, bv), B * H, nseg)
         variant.kernel[grid](*args, **meta, BT=interpret_config["BT"], BV=bv)
     elif config is not None:
-        bt, bv, warps, stages = config[:4]
-        extra = {"maxnreg": config[4]} if len(config) > 4 and config[4] else {}
-        compiled = variant.kernel[(triton.cdiv(DV, bv), B * H, nseg)](*args, **meta, BT=bt, BV=bv, num_warps=warps,
-                                                                      num_stages=stages, **extra)
-        last_compiled[:] = [compiled]
+        _run(variant.kernel, (triton.cdiv(DV, config[1]), B * H, nseg), args, meta, config)
     else:
         tuned = _autotuned(variant.name)
         _last_tuned[:] = [tuned]
         grid = lambda meta: (triton.cdiv(DV, meta["BV"]), B * H, nseg)  # noqa: E731
         tuned[grid](*args, **meta)
+
+
+def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant: Variant, config: tuple | None):
+    """Two kernels: one walk per (batch, head) sums the state and writes the state entering every chunk (in
+    the operand dtype: the product reads it in that dtype anyway), then every chunk's outputs in parallel.
+    config: (BT, BV, num_warps, num_stages[, maxnreg[, state BV, state num_warps]]), the first for the
+    output kernel; BT is the chunk of both."""
+    B, T, H, _ = q.shape
+    DV = v.shape[-1]
+    dev = q.device
+    config = tuple(config or variant.default_config)
+    bt = interpret_config["BT"] if _INTERPRET else config[0]
+    state_cfg = (bt, config[5] if len(config) > 5 else 64, config[6] if len(config) > 6 else 8, 1)
+    nchunks = triton.cdiv(T, bt)
+    ck_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
+    ck = torch.empty(B * H, nchunks, variant.slots, DV, device=dev, dtype=ck_dtype)
+    cz = torch.empty(B * H, nchunks, STATE_DIM, device=dev, dtype=torch.float32)
+    kv_out = z_out = None
+    if output_final_state:
+        kv_out = torch.empty(B, H, variant.slots, DV, device=dev, dtype=torch.float32)
+        z_out = torch.empty(B, H, STATE_DIM, device=dev, dtype=torch.float32)
+    _launch(q, k, v, None, mask_u8, kv_in, z_in, kv_out, z_out, T, 1, eps, False, output_final_state, variant,
+            state_cfg, chunks=(ck, cz))
+    dt, xdt, prec = _dtypes(q)
+    table = variant.table(dev)
+    args = [q, k, v, o, mask_u8 if mask_u8 is not None else q, ck, cz, table if table is not None else q,
+            T, H, DV, *_strides(q, k, v, o), float(eps)]
+    meta = dict(HAS_MASK=mask_u8 is not None, DT=dt, XDT=xdt, PREC=prec,
+                **{k: v for k, v in variant.constexprs if k != "PREFETCH"})
+    if _INTERPRET:
+        bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
+        split._based_chunk_out_kernel[(triton.cdiv(DV, bv), B * H, nchunks)](*args, **meta, BT=bt, BV=bv)
+    else:
+        _run(split._based_chunk_out_kernel, (triton.cdiv(DV, config[1]), B * H, nchunks), args, meta, config)
+    return (kv_out, z_out) if output_final_state else None
 
 
 def num_segments(batch_heads: int, T: int, device: torch.device) -> int:
@@ -490,6 +438,11 @@ def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, ou
         z0 = initial_state[1].to(device=dev, dtype=torch.float32).contiguous()
     mask_u8 = mask.to(device=dev).view(torch.uint8).contiguous() if mask is not None else None
 
+    if var.twopass:
+        state = _twopass(q, k, v, o, mask_u8, kv0, z0, eps, output_final_state, var, config)
+        if state is None:
+            return o, None
+        return o, _keep_padded_rows((from_kernel_layout(state[0], var.name), state[1]), initial_state, mask)
     nseg = segments if segments is not None else num_segments(B * H, T, dev)
     seg_len = triton.cdiv(triton.cdiv(T, max(1, nseg)), 64) * 64
     nseg = triton.cdiv(T, seg_len)

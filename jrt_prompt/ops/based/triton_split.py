@@ -104,45 +104,149 @@ def tables(name: str, device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _q_features(qd, tab_ptr, OFF_A: tl.constexpr, OFF_B: tl.constexpr, OFF_BA: tl.constexpr, OFF_BB: tl.constexpr,
-                W: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """[BT, W] features a * b with a = q @ A + bias_a, b = q @ B + bias_b (A, B: one-hot [16, W])."""
-    offs_d = tl.arange(0, 16)
-    offs_w = tl.arange(0, W)
-    ta = tl.load(tab_ptr + OFF_A + offs_d[:, None] * W + offs_w[None, :]).to(DT)
-    tb = tl.load(tab_ptr + OFF_B + offs_d[:, None] * W + offs_w[None, :]).to(DT)
-    a0 = tl.zeros([BT, W], dtype=tl.float32)
-    b0 = tl.zeros([BT, W], dtype=tl.float32)
-    if OFF_BA >= 0:
-        a0 += tl.load(tab_ptr + OFF_BA + offs_w)[None, :]
-        b0 += tl.load(tab_ptr + OFF_BB + offs_w)[None, :]
-    a = tl.dot(qd, ta, a0, input_precision=PREC)
-    b = tl.dot(qd, tb, b0, input_precision=PREC)
+def folded_features(xr, xc, r, c, one, KEYS: tl.constexpr):
+    """The fold layout's 16 x 16 slot grid from x / 2 broadcast along rows (``xr``) and columns (``xc``).
+
+    ``r``, ``c``: each slot's row and column, broadcastable like xr and xc; ``one``: the constant
+    slot (1, or the mask for keys). Queries: x_r x_c / 4 everywhere (the state's unused slots are
+    zero, so what queries put there does not count); keys: x_r x_c / 4 above the diagonal,
+    x_r^2 / 8 on it, zero below. Both: x_r / 2 at (r, r - 1), x_0 / 2 at (2, 0), ``one`` at (3, 0).
+    ``triton_chunk._slot_table`` mirrors this.
+    """
+    f = xr * xc
+    if KEYS:
+        f = tl.where(r < c, f, tl.where(r == c, f * 0.5, 0.0))
+    f = tl.where(r == c + 1, xr, f)
+    f = tl.where((r == 2) & (c == 0), xc, f)
+    return tl.where((r == 3) & (c == 0), one, f)
+
+
+@triton.jit
+def _load_table(tab_ptr, OFF: tl.constexpr, R: tl.constexpr, C: tl.constexpr, DT: tl.constexpr):
+    offs_r = tl.arange(0, R)
+    offs_c = tl.arange(0, C)
+    return tl.load(tab_ptr + OFF + offs_r[:, None] * C + offs_c[None, :]).to(DT)
+
+
+@triton.jit
+def _q_big(q, ta, tb, FEAT: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
+           PREC: tl.constexpr):
+    """[BT, NB] query features of the big block (``ta``, ``tb``: the one-hot tables, onehot only)."""
+    if FEAT == "onehot":
+        a = tl.dot(q, ta, input_precision=PREC)
+        b = tl.dot(q, tb, input_precision=PREC)
+        f = (a * b).to(DT)
+    elif FEAT == "grid":
+        qh = q * 0.5
+        f = tl.reshape(qh[:, :, None] * qh[:, None, :], (BT, NB)).to(DT)
+    else:
+        qh = q * 0.5
+        offs = tl.arange(0, 16)
+        f = folded_features(qh[:, :, None], qh[:, None, :], offs[None, :, None], offs[None, None, :], 1.0, False)
+        f = tl.reshape(f, (BT, NB)).to(DT)
+    return f
+
+
+@triton.jit
+def _k_big(kT, m, ta, tb, FEAT: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr,
+           PREC: tl.constexpr):
+    """[NB, BT] key features of the big block from k^T [16, BT] (padded keys already zero; m: the mask)."""
+    if FEAT == "onehot":
+        a = tl.dot(ta, kT, input_precision=PREC)
+        b = tl.dot(tb, kT, input_precision=PREC)
+        f = (a * b).to(DT)
+    elif FEAT == "grid":
+        kh = kT * 0.5
+        f = tl.reshape(kh[:, None, :] * (kh * 0.5)[None, :, :], (NB, BT)).to(DT)
+    else:
+        kh = kT * 0.5
+        offs = tl.arange(0, 16)
+        f = folded_features(kh[:, None, :], kh[None, :, :], offs[:, None, None], offs[None, :, None],
+                            m[None, None, :].to(DT), True)
+        f = tl.reshape(f, (NB, BT)).to(DT)
+    return f
+
+
+@triton.jit
+def _small(x, ta, tb, bias_a, bias_b, Q_SIDE: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """Small-block features a * b with a = one-hot product + bias_a, b = one-hot product + bias_b:
+    queries x [BT, 16] -> [BT, 32] (biases [1, 32]); keys x^T [16, BT] -> [32, BT] (biases [32, 1] or [32, BT])."""
+    if Q_SIDE:
+        a = tl.dot(x, ta, input_precision=PREC) + bias_a
+        b = tl.dot(x, tb, input_precision=PREC) + bias_b
+    else:
+        a = tl.dot(ta, x, input_precision=PREC) + bias_a
+        b = tl.dot(tb, x, input_precision=PREC) + bias_b
     return (a * b).to(DT)
 
 
 @triton.jit
-def _k_features(kd, mf, tab_ptr, OFF_A: tl.constexpr, OFF_B: tl.constexpr, OFF_BA: tl.constexpr,
-                OFF_BB: tl.constexpr, W: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """[W, BT] features a * b with a = A @ k^T + bias_a * mask, b = B @ k^T + bias_b (A, B: one-hot [W, 16])."""
-    offs_d = tl.arange(0, 16)
-    offs_w = tl.arange(0, W)
-    ta = tl.load(tab_ptr + OFF_A + offs_w[:, None] * 16 + offs_d[None, :]).to(DT)
-    tb = tl.load(tab_ptr + OFF_B + offs_w[:, None] * 16 + offs_d[None, :]).to(DT)
-    a0 = tl.zeros([W, BT], dtype=tl.float32)
-    b0 = tl.zeros([W, BT], dtype=tl.float32)
-    if OFF_BA >= 0:
-        a0 += tl.load(tab_ptr + OFF_BA + offs_w)[:, None] * mf[None, :]
-        b0 += tl.load(tab_ptr + OFF_BB + offs_w)[:, None]
-    a = tl.dot(ta, kd, a0, input_precision=PREC)
-    b = tl.dot(tb, kd, b0, input_precision=PREC)
-    return (a * b).to(DT)
+def _chunk_output(qx, kTx, v, m, causal, sb, ss, z0, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb,
+                  FEAT: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """One chunk's outputs [BT, BV] (fp32, 0 at pads): the exact causal kernel inside the chunk plus the state
+    carried in (``sb``, ``ss`` in DT; the k-sum z0 (eps included), z1, zk in fp32). Padded keys load as zeros."""
+    c2 = 0.17677669529663687  # 1 / (4 sqrt 2)
+    qf = qx.to(tl.float32)
+    q = qx.to(DT)
+    # inside the chunk: the exact kernel 1 + s + s^2/2, causal, padded keys dropped
+    sc = tl.dot(qx, kTx, input_precision=PREC) * 0.25
+    p = 1.0 + sc + 0.5 * sc * sc
+    p = tl.where(causal & m[None, :], p, 0.0)
+    acc = tl.dot(p.to(DT), v, input_precision=PREC)
+    # from the state carried in: big block, then small block
+    acc = tl.dot(_q_big(q, tqa, tqb, FEAT, NB, BT, DT, PREC), sb, acc, input_precision=PREC)
+    if FEAT != "fold":
+        acc = tl.dot(_small(q, sqa, sqb, bqa, bqb, True, DT, PREC), ss, acc, input_precision=PREC)
+    qz = tl.dot(q, zk.to(DT), input_precision=PREC)  # phi2(q) . z2 = c2 q^T Z q
+    den = tl.sum(p, axis=1) + z0 + 0.5 * tl.sum(qf * z1[None, :], axis=1) + c2 * tl.sum(qz * qf, axis=1)
+    return tl.where(m[:, None], acc / den[:, None], 0.0)
+
+
+@triton.jit
+def _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0, t_end, T, stride_qt, stride_kt, stride_vt, offs_v, vmask,
+                HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, BT: tl.constexpr, XDT: tl.constexpr,
+                DT: tl.constexpr):
+    """The chunk at t0: mask, k [BT, 16], k^T [16, BT], v [BT, BV] (padded keys and values as zeros: they add
+    nothing to the state) and q [BT, 16] (WRITE_O; else k again). Rows at or past t_end load as pads."""
+    offs_t = tl.arange(0, BT)
+    offs_f = tl.arange(0, 16)
+    rows = t0 + offs_t
+    valid = rows < t_end
+    if HAS_MASK:
+        m = valid & (tl.load(mask_ptr + b * T + rows, mask=valid, other=0) != 0)
+    else:
+        m = valid
+    kx = tl.load(k_base + rows[:, None] * stride_kt + offs_f[None, :], mask=m[:, None], other=0.0).to(XDT)
+    kTx = tl.load(k_base + rows[None, :] * stride_kt + offs_f[:, None], mask=m[None, :], other=0.0).to(XDT)
+    v = tl.load(v_base + rows[:, None] * stride_vt + offs_v[None, :], mask=m[:, None] & vmask[None, :],
+                other=0.0).to(DT)
+    if WRITE_O:
+        qx = tl.load(q_base + rows[:, None] * stride_qt + offs_f[None, :], mask=valid[:, None], other=0.0).to(XDT)
+    else:
+        qx = kx
+    return m, kx, kTx, v, qx
+
+
+@triton.jit
+def _store_state(base, sb, ss, z_base, z0, z1, zk, DV, offs_v, vmask, iv, NB: tl.constexpr, SMALL: tl.constexpr):
+    """kv rows [NB (+ 32), DV] (cast to the pointer's dtype) and, from the first value block, the k-sum."""
+    offs_n = tl.arange(0, NB)
+    offs_f = tl.arange(0, 16)
+    tl.store(base + offs_n[:, None] * DV + offs_v[None, :], sb.to(base.dtype.element_ty), mask=vmask[None, :])
+    if SMALL:
+        offs_s = tl.arange(0, 32)
+        tl.store(base + (NB + offs_s)[:, None] * DV + offs_v[None, :], ss.to(base.dtype.element_ty),
+                 mask=vmask[None, :])
+    if iv == 0:
+        tl.store(z_base + offs_f, tl.where(offs_f < 1, z0, 0.0), mask=offs_f < 1)
+        tl.store(z_base + 1 + offs_f, z1)
+        tl.store(z_base + 17 + offs_f[:, None] * 16 + offs_f[None, :], zk)
 
 
 @triton.jit(do_not_specialize=["T_BUCKET", "BH_BUCKET"])
 def _based_split_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr,
-    kv_in_ptr, z_in_ptr, kv_out_ptr, z_out_ptr, tab_ptr,
+    kv_in_ptr, z_in_ptr, kv_out_ptr, z_out_ptr, tab_ptr, ck_ptr, cz_ptr,
     T, H, DV, SEG_LEN, NSEG,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -152,11 +256,14 @@ def _based_split_kernel(
     T_BUCKET, BH_BUCKET,  # only in the autotuning key
     HAS_INIT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, WRITE_STATE: tl.constexpr,
     DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, ONEHOT: tl.constexpr,
+    BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr, PREFETCH: tl.constexpr = False,
+    WRITE_CHUNKS: tl.constexpr = False,
 ):
-    """Grid (value blocks, B * H, segments), as the fold kernel; kv slots are [NB + 32, DV] (big block, small
-    block), the k-sum the public 273 layout. ONEHOT: big features from one-hot products (NB = 128), else
-    from broadcasting (NB = 256)."""
+    """Grid (value blocks, B * H, segments), as the fold kernel. kv slots are [NB (+ 32 unless FEAT is "fold"),
+    DV]; the k-sum is in the public 273 layout. FEAT: "fold" (triton_chunk's layout), "grid" or "onehot".
+    PREFETCH: the next chunk's inputs load while this one computes. WRITE_CHUNKS (one segment, no outputs):
+    the state entering every chunk goes to ``ck`` ([B * H, chunks, slots, DV]) and ``cz`` ([B * H, chunks,
+    273] fp32) for ``_based_chunk_out_kernel``."""
     iv = tl.program_id(0)
     ibh = tl.program_id(1)
     iseg = tl.program_id(2)
@@ -165,20 +272,9 @@ def _based_split_kernel(
     slot = ibh.to(tl.int64) * NSEG + iseg
     t_start = iseg * SEG_LEN
     t_end = tl.minimum(t_start + SEG_LEN, T)
-    SL: tl.constexpr = NB + 32
-    # offsets into the table (mirrors _table_offsets)
-    O_QA: tl.constexpr = 0
-    O_QB: tl.constexpr = 16 * NB
-    O_KA: tl.constexpr = 32 * NB
-    O_KB: tl.constexpr = 48 * NB
-    O_SQA: tl.constexpr = 64 * NB
-    O_SQB: tl.constexpr = O_SQA + 512
-    O_SKA: tl.constexpr = O_SQB + 512
-    O_SKB: tl.constexpr = O_SKA + 512
-    O_BQA: tl.constexpr = O_SKB + 512
-    O_BQB: tl.constexpr = O_BQA + 32
-    O_BKA: tl.constexpr = O_BQB + 32
-    O_BKB: tl.constexpr = O_BKA + 32
+    SMALL: tl.constexpr = FEAT != "fold"
+    SL: tl.constexpr = NB + 32 if FEAT != "fold" else NB
+    O_S: tl.constexpr = 64 * NB  # the small tables (see _table_offsets)
 
     offs_t = tl.arange(0, BT)
     offs_f = tl.arange(0, 16)
@@ -188,20 +284,41 @@ def _based_split_kernel(
     vmask = offs_v < DV
     c2 = 0.17677669529663687  # 1 / (4 sqrt 2)
 
+    ss = tl.zeros([32, BV], dtype=tl.float32)
     if HAS_INIT:
         kv_base = kv_in_ptr + slot * (SL * DV)
         sb = tl.load(kv_base + offs_n[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0)
-        ss = tl.load(kv_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0)
+        if SMALL:
+            ss = tl.load(kv_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0)
         z_base = z_in_ptr + slot * 273
         z0 = tl.sum(tl.load(z_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
         z1 = tl.load(z_base + 1 + offs_f)
         zk = tl.load(z_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])  # z2 as 16 x 16: c2 sum k k^T
     else:
         sb = tl.zeros([NB, BV], dtype=tl.float32)
-        ss = tl.zeros([32, BV], dtype=tl.float32)
         z0 = tl.sum(tl.zeros([16], dtype=tl.float32), axis=0)
         z1 = tl.zeros([16], dtype=tl.float32)
         zk = tl.zeros([16, 16], dtype=tl.float32)
+
+    # the one-hot tables, loaded once (dummies where unused)
+    tqa, tqb, tka, tkb, sqa, sqb = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    ska, skb, bqa, bqb, bka, bkb = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    if FEAT == "onehot":
+        tka = _load_table(tab_ptr, 32 * NB, NB, 16, DT)
+        tkb = _load_table(tab_ptr, 48 * NB, NB, 16, DT)
+        if WRITE_O:
+            tqa = _load_table(tab_ptr, 0, 16, NB, DT)
+            tqb = _load_table(tab_ptr, 16 * NB, 16, NB, DT)
+    if SMALL:
+        ska = _load_table(tab_ptr, O_S + 1024, 32, 16, DT)
+        skb = _load_table(tab_ptr, O_S + 1536, 32, 16, DT)
+        bka = tl.load(tab_ptr + O_S + 2112 + offs_s)[:, None]
+        bkb = tl.load(tab_ptr + O_S + 2144 + offs_s)[:, None]
+        if WRITE_O:
+            sqa = _load_table(tab_ptr, O_S, 16, 32, DT)
+            sqb = _load_table(tab_ptr, O_S + 512, 16, 32, DT)
+            bqa = tl.load(tab_ptr + O_S + 2048 + offs_s)[None, :]
+            bqb = tl.load(tab_ptr + O_S + 2080 + offs_s)[None, :]
 
     q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
@@ -209,65 +326,95 @@ def _based_split_kernel(
     o_base = o_ptr + b * stride_ob + h * stride_oh
     causal = offs_t[:, None] >= offs_t[None, :]
 
+    if PREFETCH:
+        m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t_start, t_end, T, stride_qt,
+                                        stride_kt, stride_vt, offs_v, vmask, HAS_MASK, WRITE_O, BT, XDT, DT)
     for t0 in range(t_start, t_end, BT):
-        rows = t0 + offs_t
-        valid = rows < t_end
-        if HAS_MASK:
-            m = valid & (tl.load(mask_ptr + b * T + rows, mask=valid, other=0) != 0)
+        if PREFETCH:
+            m_n, kx_n, kTx_n, v_n, qx_n = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0 + BT, t_end, T,
+                                                      stride_qt, stride_kt, stride_vt, offs_v, vmask, HAS_MASK,
+                                                      WRITE_O, BT, XDT, DT)
         else:
-            m = valid
-        # padded keys and values load as zeros: they add nothing to the state
-        kx = tl.load(k_base + rows[:, None] * stride_kt + offs_f[None, :], mask=m[:, None], other=0.0).to(XDT)
-        kTx = tl.load(k_base + rows[None, :] * stride_kt + offs_f[:, None], mask=m[None, :], other=0.0).to(XDT)
-        v = tl.load(v_base + rows[:, None] * stride_vt + offs_v[None, :], mask=m[:, None] & vmask[None, :],
-                    other=0.0).to(DT)
-
+            m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0, t_end, T, stride_qt,
+                                            stride_kt, stride_vt, offs_v, vmask, HAS_MASK, WRITE_O, BT, XDT, DT)
+        if WRITE_CHUNKS:
+            chunk = ibh.to(tl.int64) * tl.cdiv(T, BT) + t0 // BT
+            _store_state(ck_ptr + chunk * (SL * DV), sb, ss, cz_ptr + chunk * 273, z0, z1, zk, DV, offs_v, vmask,
+                         iv, NB, SMALL)
         if WRITE_O:
-            qx = tl.load(q_base + rows[:, None] * stride_qt + offs_f[None, :], mask=valid[:, None], other=0.0)
-            qx = qx.to(XDT)
-            qf = qx.to(tl.float32)
-            q = qx.to(DT)
-            # inside the chunk: the exact kernel 1 + s + s^2/2, causal, padded keys dropped
-            sc = tl.dot(qx, kTx, input_precision=PREC) * 0.25
-            p = 1.0 + sc + 0.5 * sc * sc
-            p = tl.where(causal & m[None, :], p, 0.0)
-            acc = tl.dot(p.to(DT), v, input_precision=PREC)
-            # from the state carried in: big block, then small block
-            if ONEHOT:
-                fq = _q_features(q, tab_ptr, O_QA, O_QB, -1, -1, NB, BT, DT, PREC)
-            else:
-                qh = q * 0.5
-                fq = tl.reshape(qh[:, :, None] * qh[:, None, :], (BT, NB)).to(DT)
-            acc = tl.dot(fq, sb.to(DT), acc, input_precision=PREC)
-            fqs = _q_features(q, tab_ptr, O_SQA, O_SQB, O_BQA, O_BQB, 32, BT, DT, PREC)
-            acc = tl.dot(fqs, ss.to(DT), acc, input_precision=PREC)
-            qz = tl.dot(q, zk.to(DT), input_precision=PREC)  # phi2(q) . z2 = c2 q^T Z q
-            den = tl.sum(p, axis=1) + z0 + 0.5 * tl.sum(qf * z1[None, :], axis=1) + c2 * tl.sum(qz * qf, axis=1)
-            out = acc / (den + eps)[:, None]
-            out = tl.where(m[:, None], out, 0.0)
+            out = _chunk_output(qx, kTx, v, m, causal, sb.to(DT), ss.to(DT), z0 + eps, z1, zk, tqa, tqb, sqa, sqb,
+                                bqa, bqb, FEAT, NB, BT, DT, PREC)
+            rows = t0 + offs_t
             tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
-                     mask=valid[:, None] & vmask[None, :])
-
+                     mask=(rows < t_end)[:, None] & vmask[None, :])
         kT = kTx.to(DT)
         mf = m.to(tl.float32)
-        if ONEHOT:
-            fk = _k_features(kT, mf, tab_ptr, O_KA, O_KB, -1, -1, NB, BT, DT, PREC)
-        else:
-            kh = kT * 0.5
-            fk = tl.reshape(kh[:, None, :] * (kh * 0.5)[None, :, :], (NB, BT)).to(DT)
-        sb = tl.dot(fk, v, sb, input_precision=PREC)
-        fks = _k_features(kT, mf, tab_ptr, O_SKA, O_SKB, O_BKA, O_BKB, 32, BT, DT, PREC)
-        ss = tl.dot(fks, v, ss, input_precision=PREC)
+        sb = tl.dot(_k_big(kT, m, tka, tkb, FEAT, NB, BT, DT, PREC), v, sb, input_precision=PREC)
+        if SMALL:
+            ss = tl.dot(_small(kT, ska, skb, bka * mf[None, :], bkb, False, DT, PREC), v, ss, input_precision=PREC)
         z0 += tl.sum(mf, axis=0)
         z1 += 0.5 * tl.sum(kx.to(tl.float32), axis=0)
         zk += c2 * tl.dot(kTx, kx, input_precision=PREC)
+        if PREFETCH:
+            m, kx, kTx, v, qx = m_n, kx_n, kTx_n, v_n, qx_n
 
     if WRITE_STATE:
-        kv_base = kv_out_ptr + slot * (SL * DV)
-        tl.store(kv_base + offs_n[:, None] * DV + offs_v[None, :], sb, mask=vmask[None, :])
-        tl.store(kv_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], ss, mask=vmask[None, :])
-        if iv == 0:
-            z_base = z_out_ptr + slot * 273
-            tl.store(z_base + offs_f, tl.where(offs_f < 1, z0, 0.0), mask=offs_f < 1)
-            tl.store(z_base + 1 + offs_f, z1)
-            tl.store(z_base + 17 + offs_f[:, None] * 16 + offs_f[None, :], zk)
+        _store_state(kv_out_ptr + slot * (SL * DV), sb, ss, z_out_ptr + slot * 273, z0, z1, zk, DV, offs_v, vmask,
+                     iv, NB, SMALL)
+
+
+@triton.jit
+def _based_chunk_out_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, ck_ptr, cz_ptr, tab_ptr,
+    T, H, DV,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_ot, stride_oh,
+    eps,
+    HAS_MASK: tl.constexpr, DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr,
+):
+    """Grid (value blocks, B * H, chunks): every chunk's outputs at once, from the state entering it
+    (written by ``_based_split_kernel`` with WRITE_CHUNKS and the same BT)."""
+    iv = tl.program_id(0)
+    ibh = tl.program_id(1)
+    ic = tl.program_id(2)
+    b = (ibh // H).to(tl.int64)
+    h = (ibh % H).to(tl.int64)
+    SMALL: tl.constexpr = FEAT != "fold"
+    SL: tl.constexpr = NB + 32 if FEAT != "fold" else NB
+    O_S: tl.constexpr = 64 * NB
+    chunk = ibh.to(tl.int64) * tl.num_programs(2) + ic
+    offs_t = tl.arange(0, BT)
+    offs_f = tl.arange(0, 16)
+    offs_n = tl.arange(0, NB)
+    offs_s = tl.arange(0, 32)
+    offs_v = iv * BV + tl.arange(0, BV)
+    vmask = offs_v < DV
+    m, kx, kTx, v, qx = _load_chunk(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
+                                    v_ptr + b * stride_vb + h * stride_vh, mask_ptr, b, ic * BT, T, T, stride_qt,
+                                    stride_kt, stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
+    ck_base = ck_ptr + chunk * (SL * DV)
+    sb = tl.load(ck_base + offs_n[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
+    ss = tl.zeros([32, BV], dtype=DT)
+    tqa, tqb, sqa, sqb, bqa, bqb = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    if FEAT == "onehot":
+        tqa = _load_table(tab_ptr, 0, 16, NB, DT)
+        tqb = _load_table(tab_ptr, 16 * NB, 16, NB, DT)
+    if SMALL:
+        ss = tl.load(ck_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
+        sqa = _load_table(tab_ptr, O_S, 16, 32, DT)
+        sqb = _load_table(tab_ptr, O_S + 512, 16, 32, DT)
+        bqa = tl.load(tab_ptr + O_S + 2048 + offs_s)[None, :]
+        bqb = tl.load(tab_ptr + O_S + 2080 + offs_s)[None, :]
+    cz_base = cz_ptr + chunk * 273
+    z0 = tl.sum(tl.load(cz_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
+    z1 = tl.load(cz_base + 1 + offs_f)
+    zk = tl.load(cz_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])
+    causal = offs_t[:, None] >= offs_t[None, :]
+    out = _chunk_output(qx, kTx, v, m, causal, sb, ss, z0 + eps, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT, NB, BT,
+                        DT, PREC)
+    rows = ic * BT + offs_t
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_v[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=(rows < T)[:, None] & vmask[None, :])
