@@ -255,18 +255,32 @@ def test_rotary_is_rotate_half_and_relative():
 
 
 # --------------------------------------------------------------------------- GPU
+def _read_state(n=300, seed=9, dv=64):
+    """The state after reading ``n`` random tokens, i.e. what a prefill hands over to decoding. Its kv has equal
+    x_i x_j and x_j x_i rows and its k-sum is a sum of real phi(k), so phi(q).z is a sum of kernel values
+    1 + s + s^2/2 > 0: the normaliser is well conditioned. (A random signed kv with a random positive k-sum, as
+    this test used before, is no state any prompt produces: its phi(q).z can nearly cancel, amplifying the
+    kernels' operand rounding by up to ~1000x, and the kernels may move weight between the x_i x_j and x_j x_i
+    rows of a non-symmetric kv without changing any output.)"""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, H, d, generator=g) for d in (D, D, dv))
+    return la.taylor_linear_attention_quadratic(q, k, v)[1]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dispatch_on_cuda_equals_the_definition(dtype):
-    """On CUDA the dispatchers pick the fast kernels where they import; prefill, split and steps match the CPU
-    definition (bf16 inputs: bf16 tolerance)."""
+    """On CUDA the dispatchers pick the fast kernels where they import; prefill from a prefilled state with left
+    padding, a second piece and steps match the CPU definition on the same (dtype-rounded) inputs. fp32: the
+    kernels' fp32 products run as 3 TF32 passes (about 2^-21 relative); bf16: the state is read in bf16
+    (2^-9 relative) and outputs are bf16."""
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     T = 150
-    q, k, v = _qkv(T, seed=7, dv=64)
+    q, k, v = (t.to(dtype) for t in _qkv(T, seed=7, dv=64))
     mask = _left_pad(T, (0, 20))
-    state = (torch.randn(B, H, 273, 64), 1 + 5 * torch.rand(B, H, 273))
-    want, (kv_w, z_w) = la.taylor_linear_attention_quadratic(q, k, v, state, mask)
-    qc, kc, vc = (t.cuda().to(dtype) for t in (q, k, v))
+    state = _read_state()
+    want, (kv_w, z_w) = la.taylor_linear_attention_quadratic(q.float(), k.float(), v.float(), state, mask)
+    qc, kc, vc = (t.cuda() for t in (q, k, v))
     o1, s = taylor_linear_attention(qc[:, :100], kc[:, :100], vc[:, :100], tuple(t.cuda() for t in state),
                                     mask[:, :100].cuda())
     o2, (kv, z) = taylor_linear_attention(qc[:, 100:140], kc[:, 100:140], vc[:, 100:140], s)
@@ -275,7 +289,7 @@ def test_dispatch_on_cuda_equals_the_definition(dtype):
     assert got.dtype == dtype
     _close(got.float().cpu(), want, tol)
     _close(kv.cpu(), kv_w, tol)
-    _close(z.cpu(), z_w, tol)
+    _close(z.cpu(), z_w, 1e-5)
 
 
 @pytest.mark.gpu
