@@ -37,36 +37,41 @@ DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1, tiny shapes (a test 
 SHAPES = {"check": (2, 1000, 4, 64), "time": (16, 16, 64)}  # (B, T, H, Dv) and (B, H, Dv)
 COPY_BPS, MATMUL_FLOPS = 3.0e12, 688e12  # measured on an H100 (jrt-bench kernels)
 
-# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, state BV, state num_warps])) in priority order: what
-# is most likely to win first, so that a run cut short by its budget still has the important rows. Variants
-# (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs prefetched; grid / onehot =
-# other feature layouts; twopass* = a state walk writing every chunk's state, then all chunks in parallel (the
-# last two numbers configure the walk). maxnreg 128 at 8 warps lets two programs share an SM.
+# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, walk BV, walk num_warps, chunks per program])) in
+# priority order: what is most likely to win first, so that a run cut short by its budget still has the
+# important rows. Variants (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs
+# prefetched; grid / onehot = other feature layouts; twopass* = a walk writing every chunk's state, then all
+# chunks' outputs in parallel (the last three numbers configure the walk and how many chunks an output
+# program does, pipelined when num_stages > 1). maxnreg 128 at 8 warps lets two programs share an SM (one
+# wave for B16 x H16 at BV 64 on 132 SMs).
 SWEEP = [
     ("fold", (64, 64, 8, 1, 0)),  # the previous default's pick on the H100 (1.96 ms at T = 8192)
     ("foldp", (64, 64, 8, 1, 0)),
+    ("foldp", (64, 64, 8, 1, 128)),
     ("foldp", (64, 64, 16, 1, 0)),
+    ("fold", (64, 64, 8, 1, 128)),
     ("fold", (64, 64, 16, 1, 0)),
     ("foldp", (32, 32, 8, 1, 0)),
     ("foldp", (64, 32, 8, 1, 0)),
-    ("foldp", (64, 64, 8, 1, 128)),
+    ("foldp", (32, 64, 8, 1, 0)),
     ("foldp", (64, 32, 16, 1, 0)),
-    ("twopass1h", (128, 64, 8, 1, 0, 64, 8)),
-    ("twopass1h", (64, 64, 8, 1, 0, 64, 8)),
-    ("twopass", (128, 64, 8, 1, 0, 64, 8)),
-    ("twopass1h", (128, 64, 16, 1, 0, 64, 8)),
-    ("twopass1h", (64, 64, 4, 1, 0, 32, 4)),
+    ("twopass1h", (128, 64, 8, 1, 0, 64, 8, 1)),
+    ("twopass1h", (64, 64, 8, 1, 0, 64, 8, 1)),
+    ("twopass1h", (64, 64, 8, 2, 0, 64, 8, 4)),
+    ("twopass", (128, 64, 8, 1, 0, 64, 8, 1)),
+    ("twopass1h", (128, 64, 16, 1, 0, 64, 8, 1)),
+    ("twopass1h", (64, 64, 4, 1, 0, 32, 4, 1)),
+    ("twopass1h", (64, 64, 8, 1, 128, 64, 8, 1)),
     ("onehotp", (64, 64, 8, 1, 0)),
     ("gridp", (64, 64, 8, 1, 0)),
     ("onehot", (64, 64, 8, 1, 0)),
     ("onehotp", (32, 32, 8, 1, 0)),
     ("gridp", (32, 32, 8, 1, 0)),
+    ("onehotp", (64, 64, 16, 1, 0)),
     ("fold", (32, 32, 8, 1, 0)),
-    ("foldp", (32, 64, 8, 1, 0)),
     ("foldp", (32, 32, 4, 1, 0)),
     ("foldp", (32, 32, 8, 1, 128)),
-    ("onehotp", (64, 64, 16, 1, 0)),
-    ("twopass", (64, 64, 8, 1, 0, 64, 8)),
+    ("twopass", (64, 64, 8, 1, 0, 64, 8, 1)),
     ("fold", (64, 32, 8, 1, 0)),
 ]
 

@@ -176,8 +176,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("gridp", "grid", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
     Variant("onehot", "onehot", _SPLIT_16BIT, _SPLIT_FP32),
     Variant("onehotp", "onehot", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
-    Variant("twopass", "fold", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8)),
-    Variant("twopass1h", "onehot", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8)),
+    Variant("twopass", "fold", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8, 1)),
+    Variant("twopass1h", "onehot", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8, 1)),
 ]}
 
 
@@ -311,14 +311,15 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
 def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant: Variant, config: tuple | None):
     """Two kernels: one walk per (batch, head) sums the state and writes the state entering every chunk (in
     the operand dtype: the product reads it in that dtype anyway), then every chunk's outputs in parallel.
-    config: (BT, BV, num_warps, num_stages[, maxnreg[, state BV, state num_warps]]), the first for the
-    output kernel; BT is the chunk of both."""
+    config: (BT, BV, num_warps, num_stages[, maxnreg[, walk BV, walk num_warps[, chunks per program]]]), the
+    first five for the output kernel; BT is the chunk of both."""
     B, T, H, _ = q.shape
     DV = v.shape[-1]
     dev = q.device
     config = tuple(config or variant.default_config)
     bt = interpret_config["BT"] if _INTERPRET else config[0]
-    state_cfg = (bt, config[5] if len(config) > 5 else 64, config[6] if len(config) > 6 else 8, 1)
+    walk = (bt, config[5] if len(config) > 5 else 64, config[6] if len(config) > 6 else 8, 1)
+    per_program = config[7] if len(config) > 7 else 1
     nchunks = triton.cdiv(T, bt)
     ck_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
     ck = torch.empty(B * H, nchunks, variant.slots, DV, device=dev, dtype=ck_dtype)
@@ -328,18 +329,20 @@ def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant:
         kv_out = torch.empty(B, H, variant.slots, DV, device=dev, dtype=torch.float32)
         z_out = torch.empty(B, H, STATE_DIM, device=dev, dtype=torch.float32)
     _launch(q, k, v, None, mask_u8, kv_in, z_in, kv_out, z_out, T, 1, eps, False, output_final_state, variant,
-            state_cfg, chunks=(ck, cz))
+            walk, chunks=(ck, cz))
     dt, xdt, prec = _dtypes(q)
     table = variant.table(dev)
     args = [q, k, v, o, mask_u8 if mask_u8 is not None else q, ck, cz, table if table is not None else q,
-            T, H, DV, *_strides(q, k, v, o), float(eps)]
-    meta = dict(HAS_MASK=mask_u8 is not None, DT=dt, XDT=xdt, PREC=prec,
+            T, H, DV, nchunks, *_strides(q, k, v, o), float(eps)]
+    meta = dict(HAS_MASK=mask_u8 is not None, DT=dt, XDT=xdt, PREC=prec, G=per_program,
                 **{k: v for k, v in variant.constexprs if k != "PREFETCH"})
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
-        split._based_chunk_out_kernel[(triton.cdiv(DV, bv), B * H, nchunks)](*args, **meta, BT=bt, BV=bv)
+        grid = (triton.cdiv(DV, bv), B * H, triton.cdiv(nchunks, per_program))
+        split._based_chunk_out_kernel[grid](*args, **meta, BT=bt, BV=bv)
     else:
-        _run(split._based_chunk_out_kernel, (triton.cdiv(DV, config[1]), B * H, nchunks), args, meta, config)
+        grid = (triton.cdiv(DV, config[1]), B * H, triton.cdiv(nchunks, per_program))
+        _run(split._based_chunk_out_kernel, grid, args, meta, config)
     return (kv_out, z_out) if output_final_state else None
 
 

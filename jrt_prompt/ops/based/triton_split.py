@@ -366,55 +366,63 @@ def _based_split_kernel(
 @triton.jit
 def _based_chunk_out_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, ck_ptr, cz_ptr, tab_ptr,
-    T, H, DV,
+    T, H, DV, NCHUNKS,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
     eps,
     HAS_MASK: tl.constexpr, DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr,
+    BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr, G: tl.constexpr = 1,
 ):
-    """Grid (value blocks, B * H, chunks): every chunk's outputs at once, from the state entering it
-    (written by ``_based_split_kernel`` with WRITE_CHUNKS and the same BT)."""
+    """Grid (value blocks, B * H, chunks / G): every chunk's outputs from the state entering it (written by
+    ``_based_split_kernel`` with WRITE_CHUNKS and the same BT). A program does G consecutive chunks; the
+    chunks are independent, so with num_stages > 1 the compiler can load the next one's inputs and state
+    while this one computes."""
     iv = tl.program_id(0)
     ibh = tl.program_id(1)
-    ic = tl.program_id(2)
     b = (ibh // H).to(tl.int64)
     h = (ibh % H).to(tl.int64)
     SMALL: tl.constexpr = FEAT != "fold"
     SL: tl.constexpr = NB + 32 if FEAT != "fold" else NB
     O_S: tl.constexpr = 64 * NB
-    chunk = ibh.to(tl.int64) * tl.num_programs(2) + ic
     offs_t = tl.arange(0, BT)
     offs_f = tl.arange(0, 16)
     offs_n = tl.arange(0, NB)
     offs_s = tl.arange(0, 32)
     offs_v = iv * BV + tl.arange(0, BV)
     vmask = offs_v < DV
-    m, kx, kTx, v, qx = _load_chunk(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
-                                    v_ptr + b * stride_vb + h * stride_vh, mask_ptr, b, ic * BT, T, T, stride_qt,
-                                    stride_kt, stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
-    ck_base = ck_ptr + chunk * (SL * DV)
-    sb = tl.load(ck_base + offs_n[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
-    ss = tl.zeros([32, BV], dtype=DT)
     tqa, tqb, sqa, sqb, bqa, bqb = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     if FEAT == "onehot":
         tqa = _load_table(tab_ptr, 0, 16, NB, DT)
         tqb = _load_table(tab_ptr, 16 * NB, 16, NB, DT)
     if SMALL:
-        ss = tl.load(ck_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
         sqa = _load_table(tab_ptr, O_S, 16, 32, DT)
         sqb = _load_table(tab_ptr, O_S + 512, 16, 32, DT)
         bqa = tl.load(tab_ptr + O_S + 2048 + offs_s)[None, :]
         bqb = tl.load(tab_ptr + O_S + 2080 + offs_s)[None, :]
-    cz_base = cz_ptr + chunk * 273
-    z0 = tl.sum(tl.load(cz_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
-    z1 = tl.load(cz_base + 1 + offs_f)
-    zk = tl.load(cz_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])
     causal = offs_t[:, None] >= offs_t[None, :]
-    out = _chunk_output(qx, kTx, v, m, causal, sb, ss, z0 + eps, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT, NB, BT,
-                        DT, PREC)
-    rows = ic * BT + offs_t
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_v[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=(rows < T)[:, None] & vmask[None, :])
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    o_base = o_ptr + b * stride_ob + h * stride_oh
+    for i in range(G):
+        ic = tl.program_id(2) * G + i  # past the last chunk: every row masked, the state read from the last one
+        chunk = ibh.to(tl.int64) * NCHUNKS + tl.minimum(ic, NCHUNKS - 1)
+        m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, ic * BT, T, T, stride_qt, stride_kt,
+                                        stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
+        ck_base = ck_ptr + chunk * (SL * DV)
+        sb = tl.load(ck_base + offs_n[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
+        ss = tl.zeros([32, BV], dtype=DT)
+        if SMALL:
+            ss = tl.load(ck_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :],
+                         other=0.0).to(DT)
+        cz_base = cz_ptr + chunk * 273
+        z0 = tl.sum(tl.load(cz_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
+        z1 = tl.load(cz_base + 1 + offs_f)
+        zk = tl.load(cz_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])
+        out = _chunk_output(qx, kTx, v, m, causal, sb, ss, z0 + eps, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT,
+                            NB, BT, DT, PREC)
+        rows = ic * BT + offs_t
+        tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=(rows < T)[:, None] & vmask[None, :])
