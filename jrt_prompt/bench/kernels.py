@@ -258,7 +258,8 @@ def time_ours(B, T, H=16, Dv=64):
     from jrt_prompt.ops.based import triton_chunk as tc
     ms = _bench_on(list(make_inputs(B, T, H, Dv, torch.bfloat16, seed=6)),
                    lambda q, k, v: tc.taylor_linear_attention(q, k, v, output_final_state=True))
-    return ms, tc.last_config(), tc.num_segments(B * H, T, torch.device("cuda"))
+    config = os.environ.get(tc.CONFIG_ENV) or tc.last_config()
+    return ms, f"{tc.variant_named().name} {config}", tc.num_segments(B * H, T, torch.device("cuda"))
 
 
 @guarded("fla chunk_gla row")
@@ -337,7 +338,8 @@ def run(lengths: list[int], checks: bool = True, console=None) -> dict:
     RESULTS["meta"] = {"gpu": props.name, "sms": props.multi_processor_count,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-                       "config_env": os.environ.get("JRT_BASED_TRITON_CONFIG")}
+                       "config_env": os.environ.get("JRT_BASED_TRITON_CONFIG"),
+                       "variant": os.environ.get("JRT_BASED_TRITON_VARIANT") or "default"}
     if checks:
         run_checks()
     ceilings = measure_ceilings()
