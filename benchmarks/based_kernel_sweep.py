@@ -40,7 +40,8 @@ COPY_BPS, MATMUL_FLOPS = 3.0e12, 688e12  # measured on an H100 (jrt-bench kernel
 # (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, walk BV, walk num_warps, chunks per program])) in
 # priority order: what is most likely to win first, so that a run cut short by its budget still has the
 # important rows. Variants (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs
-# prefetched; grid / onehot = other feature layouts; twopass* = a walk writing every chunk's state, then all
+# prefetched; foldk* = the fold state in four bands of 64 slots (fewer live registers); grid /
+# onehot = other feature layouts; twopass* = a walk writing every chunk's state, then all
 # chunks' outputs in parallel (the last three numbers configure the walk and how many chunks an output
 # program does, pipelined when num_stages > 1). maxnreg 128 at 8 warps lets two programs share an SM (one
 # wave for B16 x H16 at BV 64 on 132 SMs).
@@ -51,6 +52,9 @@ SWEEP = [
     ("foldp", (64, 64, 16, 1, 0)),
     ("fold", (64, 64, 8, 1, 128)),
     ("fold", (64, 64, 16, 1, 0)),
+    ("foldk", (64, 64, 8, 1, 0)),
+    ("foldkp", (64, 64, 8, 1, 0)),
+    ("foldkp", (64, 32, 8, 1, 0)),
     ("foldp", (32, 32, 8, 1, 0)),
     ("foldp", (64, 32, 8, 1, 0)),
     ("foldp", (32, 64, 8, 1, 0)),
@@ -72,7 +76,6 @@ SWEEP = [
     ("foldp", (32, 32, 4, 1, 0)),
     ("foldp", (32, 32, 8, 1, 128)),
     ("twopass", (64, 64, 8, 1, 0, 64, 8, 1)),
-    ("fold", (64, 32, 8, 1, 0)),
 ]
 
 

@@ -524,7 +524,7 @@ def compile_for_hopper() -> dict[str, dict]:
         bt, bv, warps = (var.default_config or var.configs_16bit[0])[:3]
         flags = dict(base, **cx, BT=bt, BV=bv, HAS_INIT=False, HAS_MASK=False, WRITE_STATE=True, WRITE_CHUNKS=False)
         if not var.twopass:
-            built[name] = build(tc._based_chunk_kernel, dict(flags, WRITE_O=True), warps)
+            built[name] = build(var.kernel, dict(flags, WRITE_O=True), warps)
             continue
         state_bv, state_warps = var.default_config[5:7]
         built[name + ":state"] = build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, WRITE_CHUNKS=True,

@@ -43,6 +43,7 @@ import triton.language as tl
 
 from jrt_prompt.errors import JRTError
 
+from . import triton_ksplit as ksplit
 from . import triton_split as split
 
 FEATURE_DIM = 16
@@ -150,7 +151,11 @@ class Variant:
     twopass: bool = False  # a state walk writing every chunk's state, then all chunks' outputs in parallel
     default_config: tuple = ()  # twopass: no autotuning, this config unless one is given
 
-    kernel = split._based_split_kernel
+    ksplit: bool = False  # the fold layout's state as four bands of 64 slots (triton_ksplit)
+
+    @property
+    def kernel(self):
+        return ksplit._based_ksplit_kernel if self.ksplit else split._based_split_kernel
 
     def slot_table(self) -> tuple:
         return _slot_table() if self.layout == "fold" else split.slot_table(self.layout)
@@ -176,6 +181,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("gridp", "grid", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
     Variant("onehot", "onehot", _SPLIT_16BIT, _SPLIT_FP32),
     Variant("onehotp", "onehot", _SPLIT_16BIT, _SPLIT_FP32, prefetch=True),
+    Variant("foldk", "fold", tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32), ksplit=True),
+    Variant("foldkp", "fold", tuple(_CONFIGS_16BIT), tuple(_CONFIGS_FP32), prefetch=True, ksplit=True),
     Variant("twopass", "fold", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8, 1)),
     Variant("twopass1h", "onehot", prefetch=True, twopass=True, default_config=(64, 64, 8, 1, 0, 64, 8, 1)),
 ]}
