@@ -174,12 +174,14 @@ def check_variant_choice():
         else:
             raise AssertionError("an unknown variant must raise")
     assert tc.parse_config("64,32,8,1") == (64, 32, 8, 1) and tc.parse_config("64,32,8,1,128")[-1] == 128
-    try:
-        tc.parse_config("64,32")
-    except JRTError as e:
-        assert tc.CONFIG_ENV in str(e)
-    else:
-        raise AssertionError("a bad config must raise")
+    assert tc.parse_config("128,64,8,2,0,64,8,4") == (128, 64, 8, 2, 0, 64, 8, 4)
+    for bad in ("64,32", "64,32,8,1,0,64", "a,b,c,d"):
+        try:
+            tc.parse_config(bad)
+        except JRTError as e:
+            assert tc.CONFIG_ENV in str(e)
+        else:
+            raise AssertionError(f"config {bad!r} must raise")
 
 
 def check_split_point_equality():

@@ -204,13 +204,15 @@ def _as_config(t: tuple) -> triton.Config:
 
 
 def parse_config(text: str) -> tuple[int, ...]:
-    """'BT,BV,num_warps,num_stages[,maxnreg]' -> a config tuple."""
+    """'BT,BV,num_warps,num_stages[,maxnreg[,walk BV,walk num_warps[,chunks per program]]]' -> a config tuple
+    (the last three only mean something to the two-pass variants)."""
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
         values = ()
-    if len(values) not in (4, 5):
-        raise JRTError(f"{CONFIG_ENV}={text!r}: expected 'BT,BV,num_warps,num_stages[,maxnreg]'")
+    if not 4 <= len(values) <= 8 or len(values) == 6:
+        raise JRTError(f"{CONFIG_ENV}={text!r}: expected 'BT,BV,num_warps,num_stages[,maxnreg[,walk BV,walk "
+                       f"num_warps[,chunks per program]]]'")
     return values
 
 
@@ -224,7 +226,7 @@ def _pruner(variant: Variant):
         """The fp32 or 16-bit list, minus value blocks wider than the value dim; or the pinned config."""
         pinned = os.environ.get(CONFIG_ENV)
         if pinned:
-            return [_as_config(parse_config(pinned))]
+            return [_as_config(parse_config(pinned)[:5])]
         fp32 = named_args["q_ptr"].dtype == torch.float32
         wanted = set(variant.configs_fp32 if fp32 else variant.configs_16bit)
         dv_pow2 = max(16, triton.next_power_of_2(named_args["DV"]))
@@ -323,7 +325,8 @@ def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant:
     B, T, H, _ = q.shape
     DV = v.shape[-1]
     dev = q.device
-    config = tuple(config or variant.default_config)
+    pinned = os.environ.get(CONFIG_ENV)
+    config = tuple(config or (parse_config(pinned) if pinned else variant.default_config))
     bt = interpret_config["BT"] if _INTERPRET else config[0]
     walk = (bt, config[5] if len(config) > 5 else 64, config[6] if len(config) > 6 else 8, 1)
     per_program = config[7] if len(config) > 7 else 1
