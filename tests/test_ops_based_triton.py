@@ -442,6 +442,33 @@ def test_gpu_prefill_matches_reference(dtype, tol, B, T, H, Dv):
         assert rel(o, ro) < tol and rel(kv, rkv) < tol and rel(z, rz) < 1e-5, (segments, rel(o, ro), rel(kv, rkv))
 
 
+def _variant_names() -> list[str]:
+    try:
+        from jrt_prompt.ops.based.triton_chunk import VARIANTS
+    except Exception:  # no triton here: the GPU tests are skipped anyway
+        return ["fold"]
+    return list(VARIANTS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", _variant_names())
+def test_gpu_every_variant_matches_reference(variant):
+    """Each variant compiled (its default or first config: no autotuning), bf16, mask, initial state, segments as
+    chosen for the GPU, outputs poisoned."""
+    tc, _ = _ops()
+    var = tc.VARIANTS[variant]
+    B, T, H, Dv = 2, 700, 4, 64
+    q, k, v = inputs(B, T, H, Dv, dtype=torch.bfloat16, device="cuda", seed=5)
+    mask = left_pad_mask(B, T, (0, 130), device="cuda")
+    init = prefix_state(B, H, Dv)
+    o, (kv, z) = _poisoned_prefill(tc, q, k, v, initial_state=tuple(t.cuda() for t in init), mask=mask,
+                                   variant=variant, config=var.default_config or var.configs_16bit[0])
+    torch.cuda.synchronize()
+    ro, (rkv, rz) = reference(q.cpu(), k.cpu(), v.cpu(), initial_state=init, mask=mask.cpu())
+    assert not torch.isnan(o).any() and torch.all(o[~mask] == 0)
+    assert rel(o, ro) < 1e-2 and rel(kv, rkv) < 1e-2 and rel(z, rz) < 1e-5, (rel(o, ro), rel(kv, rkv), rel(z, rz))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
 def test_gpu_step_matches_reference(dtype, tol):
