@@ -133,15 +133,15 @@ def from_kernel_layout(kv: torch.Tensor, variant: str = "fold") -> torch.Tensor:
 # variant's configs on the real shape; JRT_BASED_TRITON_CONFIG pins one.
 _CONFIGS_16BIT = [(64, 64, 8, 1), (64, 32, 8, 1), (32, 32, 8, 1), (32, 64, 8, 1), (32, 32, 4, 1)]
 _CONFIGS_FP32 = [(32, 32, 8, 1), (64, 32, 8, 1)]  # fp32 is for checking, not speed: compile fewer
-CONFIG_ENV = "JRT_BASED_TRITON_CONFIG"  # "BT,BV,num_warps,num_stages" pins one config, no tuning
+CONFIG_ENV = "JRT_BASED_TRITON_CONFIG"  # "BT,BV,num_warps,num_stages[,...]" pins one config (parse_config)
 VARIANT_ENV = "JRT_BASED_TRITON_VARIANT"  # which kernel family runs (see VARIANTS)
 DEFAULT_VARIANT = "fold"
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One prefill kernel family: the feature layout of ``triton_split._based_split_kernel``, whether it
-    prefetches, whether it runs as two passes, and its configs to tune."""
+    """One prefill kernel family: its feature layout, whether it prefetches the next chunk, whether its state
+    is held in bands (``ksplit``) or it runs as two passes, and its configs to tune."""
 
     name: str
     layout: str  # "fold", "grid" or "onehot" (FEAT)
@@ -150,7 +150,6 @@ class Variant:
     prefetch: bool = False
     twopass: bool = False  # a state walk writing every chunk's state, then all chunks' outputs in parallel
     default_config: tuple = ()  # twopass: no autotuning, this config unless one is given
-
     ksplit: bool = False  # the fold layout's state as four bands of 64 slots (triton_ksplit)
 
     @property
