@@ -230,7 +230,17 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "triton": triton.__version__, "lengths": lengths, "B": B, "H": H, "Dv": Dv,
             "dtype": "bf16", "check_shape": SHAPES["check"]}
     log(f"== {meta}")
+    flash = sdpa_flash_ms(N=lengths[-1] // 2)
+    log(f"== SDPA flash (causal, B16 H16 D64 bf16) at N={lengths[-1] // 2}: {flash} ms")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
+
+    def save(total=None):  # after every entry: a run killed on its time limit keeps what it measured
+        (out / "based_sweep.json").write_text(json.dumps(
+            {"meta": meta, "sdpa_flash_ms": flash, "flash_N": lengths[-1] // 2, "rows": rows, "skipped": skipped,
+             "total_s": total}, indent=1, default=str))
+
     for variant, config in entries:
         if time.time() - start > args.budget:
             skipped.append([variant, list(config)])
@@ -248,7 +258,7 @@ def main(argv=None) -> int:
         log(f"  {variant:7s} {str(config):24s} {'ok  ' if row.get('ok') else 'FAIL'} regs={row.get('regs')} "
             f"spills={row.get('spills')} rel_o={row.get('rel_o', float('nan')):.2e} {times} "
             f"({row['entry_s']}s){'  ' + row['error'] if 'error' in row else ''}")
-    flash = sdpa_flash_ms(N=lengths[-1] // 2)
+        save()
     key = f"ms_{lengths[-1]}"
     timed = sorted((r for r in rows if key in r), key=lambda r: r[key])
     log(f"\n== sorted by time at T={lengths[-1]} (B16 H16 Dv64 bf16, final state out); "
@@ -275,11 +285,7 @@ def main(argv=None) -> int:
             f"JRT_BASED_TRITON_CONFIG={','.join(map(str, best['config']))}  {best[key]:.2f} ms at T={lengths[-1]}")
     total = round(time.time() - start, 1)
     log(f"== total {total} s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "based_sweep.json").write_text(json.dumps(
-        {"meta": meta, "sdpa_flash_ms": flash, "flash_N": lengths[-1] // 2, "rows": rows, "skipped": skipped,
-         "total_s": total}, indent=1, default=str))
+    save(total)
     return 0
 
 
