@@ -37,45 +37,36 @@ DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1, tiny shapes (a test 
 SHAPES = {"check": (2, 1000, 4, 64), "time": (16, 16, 64)}  # (B, T, H, Dv) and (B, H, Dv)
 COPY_BPS, MATMUL_FLOPS = 3.0e12, 688e12  # measured on an H100 (jrt-bench kernels)
 
-# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, walk BV, walk num_warps, chunks per program])) in
-# priority order: what is most likely to win first, so that a run cut short by its budget still has the
-# important rows. Variants (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs
-# prefetched; foldk* = the fold state in four bands of 64 slots (fewer live registers); grid /
-# onehot = other feature layouts; twopass* = a walk writing every chunk's state, then all
-# chunks' outputs in parallel (the last three numbers configure the walk and how many chunks an output
-# program does, pipelined when num_stages > 1). maxnreg 128 at 8 warps lets two programs share an SM (one
-# wave for B16 x H16 at BV 64 on 132 SMs).
+# (variant, (BT, BV, num_warps, num_stages, maxnreg or 0[, walk BV, walk num_warps, pieces per program, chunks
+# per piece])) in priority order, so that a run cut short by its budget still has the important rows.
+# Variants (triton_chunk.VARIANTS): fold = the previous kernel; *p = the next chunk's inputs prefetched;
+# foldk* = the fold state in four bands of 64 slots (fewer live registers); twopass* = a walk writing the
+# state every (chunks per piece) chunks, then all pieces' outputs in parallel (twopass: fold layout, 256 rows
+# of state; twopass1h: onehot layout, 160 rows). First run on an H100 (2026-11-24, BENCHMARKS.md): twopass1h
+# 64,64,8 12.53 ms, foldp 64,64,8 13.38 ms, fold 64,64,8 14.93 ms at T = 65536; anything that spills much
+# (maxnreg 128, 16 warps, onehot/grid fused at BV 64) was 2-8x slower, and BV 32 doubles the feature work.
 SWEEP = [
-    ("fold", (64, 64, 8, 1, 0)),  # the previous default's pick on the H100 (1.96 ms at T = 8192)
-    ("foldp", (64, 64, 8, 1, 0)),
-    ("foldp", (64, 64, 8, 1, 128)),
-    ("foldp", (64, 64, 16, 1, 0)),
-    ("fold", (64, 64, 8, 1, 128)),
-    ("fold", (64, 64, 16, 1, 0)),
+    ("twopass1h", (64, 64, 8, 1, 0, 64, 8, 1, 1)),  # the first run's best
+    ("twopass1h", (64, 64, 8, 1, 0, 64, 8, 1, 2)),  # the state every 128 tokens: half its traffic
+    ("twopass", (64, 64, 8, 1, 0, 64, 8, 1, 2)),
+    ("twopass1h", (64, 64, 4, 1, 0, 64, 8, 1, 2)),
+    ("twopass", (64, 64, 4, 1, 0, 64, 8, 1, 2)),
+    ("foldp", (64, 64, 8, 1, 0)),  # the first run's best single pass
     ("foldk", (64, 64, 8, 1, 0)),
     ("foldkp", (64, 64, 8, 1, 0)),
     ("foldkp", (64, 32, 8, 1, 0)),
-    ("foldp", (32, 32, 8, 1, 0)),
-    ("foldp", (64, 32, 8, 1, 0)),
-    ("foldp", (32, 64, 8, 1, 0)),
-    ("foldp", (64, 32, 16, 1, 0)),
-    ("twopass1h", (128, 64, 8, 1, 0, 64, 8, 1)),
-    ("twopass1h", (64, 64, 8, 1, 0, 64, 8, 1)),
-    ("twopass1h", (64, 64, 8, 2, 0, 64, 8, 4)),
-    ("twopass", (128, 64, 8, 1, 0, 64, 8, 1)),
-    ("twopass1h", (128, 64, 16, 1, 0, 64, 8, 1)),
-    ("twopass1h", (64, 64, 4, 1, 0, 32, 4, 1)),
-    ("twopass1h", (64, 64, 8, 1, 128, 64, 8, 1)),
-    ("onehotp", (64, 64, 8, 1, 0)),
-    ("gridp", (64, 64, 8, 1, 0)),
-    ("onehot", (64, 64, 8, 1, 0)),
-    ("onehotp", (32, 32, 8, 1, 0)),
-    ("gridp", (32, 32, 8, 1, 0)),
-    ("onehotp", (64, 64, 16, 1, 0)),
-    ("fold", (32, 32, 8, 1, 0)),
+    ("fold", (64, 64, 8, 1, 0)),  # the default
+    ("twopass1h", (64, 64, 8, 2, 0, 64, 8, 4, 1)),
+    ("twopass1h", (64, 64, 8, 2, 0, 64, 8, 4, 2)),
+    ("twopass", (64, 64, 8, 2, 0, 64, 8, 4, 2)),
+    ("twopass1h", (64, 64, 8, 1, 0, 32, 4, 1, 2)),
+    ("twopass", (64, 64, 8, 1, 0, 32, 4, 1, 2)),
+    ("twopass1h", (64, 64, 4, 1, 0, 32, 4, 1, 1)),
+    ("twopass1h", (128, 64, 8, 1, 0, 64, 8, 1, 1)),
+    ("twopass", (128, 64, 8, 1, 0, 64, 8, 1, 1)),
     ("foldp", (32, 32, 4, 1, 0)),
-    ("foldp", (32, 32, 8, 1, 128)),
-    ("twopass", (64, 64, 8, 1, 0, 64, 8, 1)),
+    ("foldkp", (32, 64, 8, 1, 0)),
+    ("foldp", (32, 64, 8, 1, 0)),
 ]
 
 
@@ -263,7 +254,7 @@ def main(argv=None) -> int:
     timed = sorted((r for r in rows if key in r), key=lambda r: r[key])
     log(f"\n== sorted by time at T={lengths[-1]} (B16 H16 Dv64 bf16, final state out); "
         f"SDPA flash at N={lengths[-1] // 2}: {flash if flash is None else round(flash, 2)} ms")
-    log(f"{'variant':8s} {'BT,BV,warps,stages,maxnreg':26s} {'regs':>4s} {'spill':>5s} "
+    log(f"{'variant':8s} {'config (see SWEEP)':26s} {'regs':>4s} {'spill':>5s} "
         + " ".join(f"{'ms@' + str(T):>9s}" for T in lengths)
         + f" {'GB/s':>6s} {'TFLOP/s':>7s} {'x-floor':>7s} {'x-flash':>7s} {'rel_o':>8s}")
     for r in timed:

@@ -161,6 +161,23 @@ def check_every_variant_matches_reference():
                 assert errs[0] < tol and errs[1] < tol and errs[2] < 1e-5, (name, dtype, segments, errs)
 
 
+def check_two_pass_pieces():
+    """Two-pass with the state every 1 or 2 chunks and 1 or 3 pieces per output program, T not a multiple of
+    anything, against the float64 reference."""
+    tc, _ = _ops()
+    for T in (97, 150):
+        q, k, v = inputs(2, T, 2, 24, seed=T)
+        mask = left_pad_mask(2, T, (0, 11))
+        init = prefix_state(2, 2, 24)
+        ro, (rkv, rz) = reference(q, k, v, initial_state=init, mask=mask)
+        for name in ("twopass", "twopass1h"):
+            for per_program, sub in ((1, 2), (3, 2), (2, 1)):
+                o, (kv, z) = tc.taylor_linear_attention(q, k, v, initial_state=init, mask=mask, variant=name,
+                                                        config=(32, 32, 4, 1, 0, 32, 4, per_program, sub))
+                errs = rel(o, ro), rel(kv, rkv), rel(z, rz)
+                assert max(errs) < 1e-5 and torch.all(o[~mask] == 0), (T, name, per_program, sub, errs)
+
+
 def check_variant_choice():
     from jrt_prompt.errors import JRTError
     tc, _ = _ops()
@@ -174,8 +191,8 @@ def check_variant_choice():
         else:
             raise AssertionError("an unknown variant must raise")
     assert tc.parse_config("64,32,8,1") == (64, 32, 8, 1) and tc.parse_config("64,32,8,1,128")[-1] == 128
-    assert tc.parse_config("128,64,8,2,0,64,8,4") == (128, 64, 8, 2, 0, 64, 8, 4)
-    for bad in ("64,32", "64,32,8,1,0,64", "a,b,c,d"):
+    assert tc.parse_config("128,64,8,2,0,64,8,4,2") == (128, 64, 8, 2, 0, 64, 8, 4, 2)
+    for bad in ("64,32", "64,32,8,1,0,64", "a,b,c,d", "1,2,3,4,5,6,7,8,9,10"):
         try:
             tc.parse_config(bad)
         except JRTError as e:
@@ -551,18 +568,21 @@ def compile_for_hopper() -> dict[str, dict]:
     for name, var in tc.VARIANTS.items():
         cx = dict(var.constexprs)
         bt, bv, warps = (var.default_config or var.configs_16bit[0])[:3]
-        flags = dict(base, **cx, BT=bt, BV=bv, HAS_INIT=False, HAS_MASK=False, WRITE_STATE=True, WRITE_CHUNKS=False)
+        flags = dict(base, **cx, BT=bt, BV=bv, HAS_INIT=False, HAS_MASK=False, WRITE_STATE=True, WRITE_CHUNKS=False,
+                     CK_EVERY=1)
         if not var.twopass:
             built[name] = build(var.kernel, dict(flags, WRITE_O=True), warps)
             continue
         state_bv, state_warps = var.default_config[5:7]
+        sub = 2  # the state every two chunks: the walk's conditional store and the out kernel's second chunk
         built[name + ":state"] = build(tc._based_chunk_kernel, dict(flags, WRITE_O=False, WRITE_CHUNKS=True,
-                                                                    BV=state_bv), state_warps)
+                                                                    CK_EVERY=sub, BV=state_bv), state_warps)
         out_flags = {k: v for k, v in flags.items() if k in ("DT", "XDT", "PREC", "BT", "BV", "NB", "FEAT")}
-        built[name + ":out"] = build(split._based_chunk_out_kernel, dict(out_flags, HAS_MASK=False), warps)
+        built[name + ":out"] = build(split._based_chunk_out_kernel, dict(out_flags, HAS_MASK=False, G=1, SUB=sub),
+                                     warps)
     bt, bv, warps, _ = tc._CONFIGS_16BIT[0]
     every = dict(base, **dict(tc.VARIANTS["fold"].constexprs), BT=bt, BV=bv, HAS_INIT=True, HAS_MASK=True,
-                 WRITE_STATE=True, WRITE_CHUNKS=False)
+                 WRITE_STATE=True, WRITE_CHUNKS=False, CK_EVERY=1)
     built["prefill"] = build(tc._based_chunk_kernel, dict(every, WRITE_O=True), warps)
     built["state_pass"] = build(tc._based_chunk_kernel, dict(every, WRITE_O=False, HAS_INIT=False), warps)
     built["step"] = build(ts._based_step_kernel, {"BV": 64, "BF": 64}, 4)

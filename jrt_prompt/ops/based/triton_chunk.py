@@ -203,15 +203,15 @@ def _as_config(t: tuple) -> triton.Config:
 
 
 def parse_config(text: str) -> tuple[int, ...]:
-    """'BT,BV,num_warps,num_stages[,maxnreg[,walk BV,walk num_warps[,chunks per program]]]' -> a config tuple
-    (the last three only mean something to the two-pass variants)."""
+    """'BT,BV,num_warps,num_stages[,maxnreg[,walk BV,walk num_warps[,pieces per program[,chunks per piece]]]]'
+    -> a config tuple (the last four only mean something to the two-pass variants, see _twopass)."""
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
         values = ()
-    if not 4 <= len(values) <= 8 or len(values) == 6:
+    if not 4 <= len(values) <= 9 or len(values) == 6:
         raise JRTError(f"{CONFIG_ENV}={text!r}: expected 'BT,BV,num_warps,num_stages[,maxnreg[,walk BV,walk "
-                       f"num_warps[,chunks per program]]]'")
+                       f"num_warps[,pieces per program[,chunks per piece]]]]'")
     return values
 
 
@@ -286,8 +286,9 @@ def _run(kernel, grid, args, meta, config: tuple | None):
 
 
 def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps, write_o, write_state,
-            variant: Variant, config: tuple | None = None, chunks: tuple | None = None):
-    """The fused kernel over ``nseg`` segments; ``chunks`` = (ck, cz): also write the state entering each chunk."""
+            variant: Variant, config: tuple | None = None, chunks: tuple | None = None, every: int = 1):
+    """The fused kernel over ``nseg`` segments; ``chunks`` = (ck, cz): also write the state entering every
+    ``every``-th chunk."""
     B, T, H, _ = q.shape
     DV = v.shape[-1]
     dt, xdt, prec = _dtypes(q)
@@ -302,7 +303,7 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
     meta = dict(HAS_INIT=kv_in is not None, HAS_MASK=mask_u8 is not None, WRITE_O=write_o,
                 WRITE_STATE=write_state, DT=dt, XDT=xdt, PREC=prec, **dict(variant.constexprs))
     if chunks is not None:
-        meta["WRITE_CHUNKS"] = True
+        meta.update(WRITE_CHUNKS=True, CK_EVERY=every)
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))
         grid = (triton.cdiv(DV, bv), B * H, nseg)
@@ -319,8 +320,9 @@ def _launch(q, k, v, o, mask_u8, kv_in, z_in, kv_out, z_out, seg_len, nseg, eps,
 def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant: Variant, config: tuple | None):
     """Two kernels: one walk per (batch, head) sums the state and writes the state entering every chunk (in
     the operand dtype: the product reads it in that dtype anyway), then every chunk's outputs in parallel.
-    config: (BT, BV, num_warps, num_stages[, maxnreg[, walk BV, walk num_warps[, chunks per program]]]), the
-    first five for the output kernel; BT is the chunk of both."""
+    config: (BT, BV, num_warps, num_stages[, maxnreg[, walk BV, walk num_warps[, pieces per program[, SUB]]]]),
+    the first five for the output kernel; BT is the chunk of both; the walk writes the state every SUB (1 or
+    2) chunks and an output program reads SUB chunks from it."""
     B, T, H, _ = q.shape
     DV = v.shape[-1]
     dev = q.device
@@ -329,7 +331,8 @@ def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant:
     bt = interpret_config["BT"] if _INTERPRET else config[0]
     walk = (bt, config[5] if len(config) > 5 else 64, config[6] if len(config) > 6 else 8, 1)
     per_program = config[7] if len(config) > 7 else 1
-    nchunks = triton.cdiv(T, bt)
+    sub = config[8] if len(config) > 8 else 1
+    nchunks = triton.cdiv(T, bt * sub)
     ck_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
     ck = torch.empty(B * H, nchunks, variant.slots, DV, device=dev, dtype=ck_dtype)
     cz = torch.empty(B * H, nchunks, STATE_DIM, device=dev, dtype=torch.float32)
@@ -338,12 +341,12 @@ def _twopass(q, k, v, o, mask_u8, kv_in, z_in, eps, output_final_state, variant:
         kv_out = torch.empty(B, H, variant.slots, DV, device=dev, dtype=torch.float32)
         z_out = torch.empty(B, H, STATE_DIM, device=dev, dtype=torch.float32)
     _launch(q, k, v, None, mask_u8, kv_in, z_in, kv_out, z_out, T, 1, eps, False, output_final_state, variant,
-            walk, chunks=(ck, cz))
+            walk, chunks=(ck, cz), every=sub)
     dt, xdt, prec = _dtypes(q)
     table = variant.table(dev)
     args = [q, k, v, o, mask_u8 if mask_u8 is not None else q, ck, cz, table if table is not None else q,
             T, H, DV, nchunks, *_strides(q, k, v, o), float(eps)]
-    meta = dict(HAS_MASK=mask_u8 is not None, DT=dt, XDT=xdt, PREC=prec, G=per_program,
+    meta = dict(HAS_MASK=mask_u8 is not None, DT=dt, XDT=xdt, PREC=prec, G=per_program, SUB=sub,
                 **{k: v for k, v in variant.constexprs if k != "PREFETCH"})
     if _INTERPRET:
         bv = min(interpret_config["BV"], max(16, triton.next_power_of_2(DV)))

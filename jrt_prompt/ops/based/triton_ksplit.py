@@ -67,7 +67,7 @@ def _based_ksplit_kernel(
     HAS_INIT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, WRITE_STATE: tl.constexpr,
     DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr, PREFETCH: tl.constexpr = False,
-    WRITE_CHUNKS: tl.constexpr = False,
+    WRITE_CHUNKS: tl.constexpr = False, CK_EVERY: tl.constexpr = 1,
 ):
     """Grid (value blocks, B * H, segments); kv slots [256, DV] in the fold layout, k-sum public."""
     tl.static_assert(NB == 256 and FEAT == "fold" and not WRITE_CHUNKS)

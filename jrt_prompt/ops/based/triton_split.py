@@ -182,9 +182,11 @@ def _small(x, ta, tb, bias_a, bias_b, Q_SIDE: tl.constexpr, DT: tl.constexpr, PR
 
 @triton.jit
 def _chunk_output(qx, kTx, v, m, causal, sb, ss, z0, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb,
-                  FEAT: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                  FEAT: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                  kT_prev=None, v_prev=None, m_prev=None, CROSS: tl.constexpr = False):
     """One chunk's outputs [BT, BV] (fp32, 0 at pads): the exact causal kernel inside the chunk plus the state
-    carried in (``sb``, ``ss`` in DT; the k-sum z0 (eps included), z1, zk in fp32). Padded keys load as zeros."""
+    carried in (``sb``, ``ss`` in DT; the k-sum z0 (eps included), z1, zk in fp32). Padded keys load as zeros.
+    CROSS: the state is one chunk behind; the previous chunk's keys (kT_prev, v_prev, m_prev) count in full."""
     c2 = 0.17677669529663687  # 1 / (4 sqrt 2)
     qf = qx.to(tl.float32)
     q = qx.to(DT)
@@ -193,6 +195,11 @@ def _chunk_output(qx, kTx, v, m, causal, sb, ss, z0, z1, zk, tqa, tqb, sqa, sqb,
     p = 1.0 + sc + 0.5 * sc * sc
     p = tl.where(causal & m[None, :], p, 0.0)
     acc = tl.dot(p.to(DT), v, input_precision=PREC)
+    if CROSS:
+        sx = tl.dot(qx, kT_prev, input_precision=PREC) * 0.25
+        px = tl.where(m_prev[None, :], 1.0 + sx + 0.5 * sx * sx, 0.0)
+        acc = tl.dot(px.to(DT), v_prev, acc, input_precision=PREC)
+        z0 += tl.sum(px, axis=1)
     # from the state carried in: big block, then small block
     acc = tl.dot(_q_big(q, tqa, tqb, FEAT, NB, BT, DT, PREC), sb, acc, input_precision=PREC)
     if FEAT != "fold":
@@ -257,13 +264,13 @@ def _based_split_kernel(
     HAS_INIT: tl.constexpr, HAS_MASK: tl.constexpr, WRITE_O: tl.constexpr, WRITE_STATE: tl.constexpr,
     DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr, PREFETCH: tl.constexpr = False,
-    WRITE_CHUNKS: tl.constexpr = False,
+    WRITE_CHUNKS: tl.constexpr = False, CK_EVERY: tl.constexpr = 1,
 ):
     """Grid (value blocks, B * H, segments), as the fold kernel. kv slots are [NB (+ 32 unless FEAT is "fold"),
     DV]; the k-sum is in the public 273 layout. FEAT: "fold" (triton_chunk's layout), "grid" or "onehot".
     PREFETCH: the next chunk's inputs load while this one computes. WRITE_CHUNKS (one segment, no outputs):
-    the state entering every chunk goes to ``ck`` ([B * H, chunks, slots, DV]) and ``cz`` ([B * H, chunks,
-    273] fp32) for ``_based_chunk_out_kernel``."""
+    the state entering every CK_EVERY-th chunk goes to ``ck`` ([B * H, stored, slots, DV]) and ``cz``
+    ([B * H, stored, 273] fp32) for ``_based_chunk_out_kernel``."""
     iv = tl.program_id(0)
     ibh = tl.program_id(1)
     iseg = tl.program_id(2)
@@ -338,9 +345,10 @@ def _based_split_kernel(
             m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0, t_end, T, stride_qt,
                                             stride_kt, stride_vt, offs_v, vmask, HAS_MASK, WRITE_O, BT, XDT, DT)
         if WRITE_CHUNKS:
-            chunk = ibh.to(tl.int64) * tl.cdiv(T, BT) + t0 // BT
-            _store_state(ck_ptr + chunk * (SL * DV), sb, ss, cz_ptr + chunk * 273, z0, z1, zk, DV, offs_v, vmask,
-                         iv, NB, SMALL)
+            if (t0 // BT) % CK_EVERY == 0:
+                chunk = ibh.to(tl.int64) * tl.cdiv(T, BT * CK_EVERY) + t0 // (BT * CK_EVERY)
+                _store_state(ck_ptr + chunk * (SL * DV), sb, ss, cz_ptr + chunk * 273, z0, z1, zk, DV, offs_v,
+                             vmask, iv, NB, SMALL)
         if WRITE_O:
             out = _chunk_output(qx, kTx, v, m, causal, sb.to(DT), ss.to(DT), z0 + eps, z1, zk, tqa, tqb, sqa, sqb,
                                 bqa, bqb, FEAT, NB, BT, DT, PREC)
@@ -374,11 +382,13 @@ def _based_chunk_out_kernel(
     eps,
     HAS_MASK: tl.constexpr, DT: tl.constexpr, XDT: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BV: tl.constexpr, NB: tl.constexpr, FEAT: tl.constexpr, G: tl.constexpr = 1,
+    SUB: tl.constexpr = 1,
 ):
-    """Grid (value blocks, B * H, chunks / G): every chunk's outputs from the state entering it (written by
-    ``_based_split_kernel`` with WRITE_CHUNKS and the same BT). A program does G consecutive chunks; the
-    chunks are independent, so with num_stages > 1 the compiler can load the next one's inputs and state
-    while this one computes."""
+    """Grid (value blocks, B * H, stored states / G): the outputs of SUB chunks of BT tokens from the state
+    entering the first (written by ``_based_split_kernel`` with WRITE_CHUNKS, the same BT and CK_EVERY = SUB;
+    NCHUNKS states per row); the second chunk adds the first one's keys in full. A program does G such
+    pieces; they are independent, so with num_stages > 1 the compiler may load the next while one computes."""
+    tl.static_assert(SUB == 1 or SUB == 2)
     iv = tl.program_id(0)
     ibh = tl.program_id(1)
     b = (ibh // H).to(tl.int64)
@@ -407,10 +417,8 @@ def _based_chunk_out_kernel(
     v_base = v_ptr + b * stride_vb + h * stride_vh
     o_base = o_ptr + b * stride_ob + h * stride_oh
     for i in range(G):
-        ic = tl.program_id(2) * G + i  # past the last chunk: every row masked, the state read from the last one
+        ic = tl.program_id(2) * G + i  # past the last piece: every row masked, the state read from the last one
         chunk = ibh.to(tl.int64) * NCHUNKS + tl.minimum(ic, NCHUNKS - 1)
-        m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, ic * BT, T, T, stride_qt, stride_kt,
-                                        stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
         ck_base = ck_ptr + chunk * (SL * DV)
         sb = tl.load(ck_base + offs_n[:, None] * DV + offs_v[None, :], mask=vmask[None, :], other=0.0).to(DT)
         ss = tl.zeros([32, BV], dtype=DT)
@@ -418,11 +426,22 @@ def _based_chunk_out_kernel(
             ss = tl.load(ck_base + (NB + offs_s)[:, None] * DV + offs_v[None, :], mask=vmask[None, :],
                          other=0.0).to(DT)
         cz_base = cz_ptr + chunk * 273
-        z0 = tl.sum(tl.load(cz_base + offs_f, mask=offs_f < 1, other=0.0), axis=0)
+        z0 = tl.sum(tl.load(cz_base + offs_f, mask=offs_f < 1, other=0.0), axis=0) + eps
         z1 = tl.load(cz_base + 1 + offs_f)
         zk = tl.load(cz_base + 17 + offs_f[:, None] * 16 + offs_f[None, :])
-        out = _chunk_output(qx, kTx, v, m, causal, sb, ss, z0 + eps, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT,
-                            NB, BT, DT, PREC)
-        rows = ic * BT + offs_t
+        t0 = ic * (SUB * BT)
+        m, kx, kTx, v, qx = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0, T, T, stride_qt, stride_kt,
+                                        stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
+        out = _chunk_output(qx, kTx, v, m, causal, sb, ss, z0, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT, NB, BT,
+                            DT, PREC)
+        rows = t0 + offs_t
         tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=(rows < T)[:, None] & vmask[None, :])
+        if SUB == 2:
+            m2, kx2, kTx2, v2, qx2 = _load_chunk(q_base, k_base, v_base, mask_ptr, b, t0 + BT, T, T, stride_qt,
+                                                 stride_kt, stride_vt, offs_v, vmask, HAS_MASK, True, BT, XDT, DT)
+            out = _chunk_output(qx2, kTx2, v2, m2, causal, sb, ss, z0, z1, zk, tqa, tqb, sqa, sqb, bqa, bqb, FEAT,
+                                NB, BT, DT, PREC, kTx, v, m, True)
+            rows = t0 + BT + offs_t
+            tl.store(o_base + rows[:, None] * stride_ot + offs_v[None, :], out.to(o_ptr.dtype.element_ty),
+                     mask=(rows < T)[:, None] & vmask[None, :])
