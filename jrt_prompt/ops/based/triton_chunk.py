@@ -27,6 +27,15 @@ The wrapper converts the state between a variant's layout and the public one
 When batch x heads is too small to fill the GPU the sequence is also cut into segments: one pass
 sums each segment's phi(k)^T v and phi(k) (no outputs), a prefix sum gives each segment its
 starting state, and a second pass runs all segments in parallel.
+
+What limits it (H100 sweep, benchmarks/based_kernel_sweep.py, BENCHMARKS.md; sm_90a reports): the
+compiler gives every variant 255 registers, so one program (8 warps) runs per SM and each chunk's
+dots wait one after the other (fold 64/64/8: ~2350 SASS instructions per warp per chunk, ~6.5 us per
+chunk, about 1.5 of 4 instructions issued per cycle). Spilling to reach two programs per SM (maxnreg
+128, 16 warps) was 2-3x slower; value blocks of 32 double the feature work and were 2x slower;
+prefetching the next chunk gained 10%; the two-pass form gained 16% but moves 20 KB of state per
+chunk through memory. Next: fewer instructions per chunk for the features (they, not the products,
+dominate), and the state written every 2 chunks in the two-pass form (in the sweep).
 """
 
 from __future__ import annotations
