@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 from ..backend import importable, use_fast_path
 from . import naive
 from .naive import feature_size, taylor_features
@@ -19,8 +21,19 @@ FAST_PREFILL = "jrt_prompt.ops.based.triton_chunk"
 FAST_STEP = "jrt_prompt.ops.based.triton_step"
 
 
+# Input dtypes the current prefill kernel was verified for on a GPU. On an H100 (2026-11-24) its float32 path
+# hit an illegal memory access while autotuning; until that is found and re-verified, float32 and float16
+# prompts take the reference (correct, slower). The step kernel was verified in float32 and bfloat16.
+PREFILL_VERIFIED = (torch.bfloat16,)
+
+
+def _needs_grad(*tensors) -> bool:
+    """The Triton kernels have no backward: training must take the (differentiable) reference."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _fast(module: str, name: str, *tensors):
-    if use_fast_path(*tensors) and importable(module):
+    if use_fast_path(*tensors) and importable(module) and not _needs_grad(*tensors):
         return getattr(importlib.import_module(module), name, None)
     return None
 
@@ -32,7 +45,7 @@ def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, ou
     (its key adds nothing to the state, its output is 0); initial_state: (kv, ksum) or None (empty).
     Returns (o [B, T, H, Dv] in v's dtype, (kv, ksum) or None). Never modifies ``initial_state``.
     """
-    fast = _fast(FAST_PREFILL, "taylor_linear_attention", q, k, v)
+    fast = _fast(FAST_PREFILL, "taylor_linear_attention", q, k, v) if q.dtype in PREFILL_VERIFIED else None
     if fast is not None:
         return fast(q, k, v, initial_state=initial_state, mask=mask, eps=eps, output_final_state=output_final_state)
     return naive.taylor_linear_attention_chunked(q, k, v, initial_state, mask, eps, output_final_state)
