@@ -114,11 +114,27 @@ def load_model(path: str | Path, *, device=None, dtype: torch.dtype | None = Non
     files = folder_files(folder)
     for module in adapters.adapter_modules():
         if module.accepts_folder(config, files):
-            return module.from_folder(folder, config, device=device, dtype=dtype), folder
+            lm = module.from_folder(folder, config, device=device, dtype=dtype)
+            lm.config.max_length = _budget(config, folder)
+            return lm, folder
     kind = config.get("model_type") or config.get("architectures") or "no model_type"
     raise CheckpointError(
         f"{folder} holds a checkpoint of an unsupported kind ({kind}); supported: "
         f"{adapters.supported_names()} (HF format), mamba_ssm Mamba/Mamba-2, hazyresearch Based, fla GLA")
+
+
+BUDGET_FIELD = "jrt_prompt_budget"
+
+
+def _budget(config: dict, folder: Path) -> int | None:
+    """The prompt budget in tokens a checkpoint declares (``jrt_prompt_budget`` in config.json, e.g. the
+    longest sequences the demo model was trained on); None: no limit."""
+    value = config.get(BUDGET_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{folder}/config.json: {BUDGET_FIELD} must be a positive integer, got {value!r}")
+    return value
 
 
 def load(path: str | Path, tokenizer=None, *, prompt: JRTPrompt | None = None, device=None,

@@ -23,8 +23,10 @@ from jrt_prompt.loading import DEMO_DIR
 from tests.checkpoints_mamba import tiny_mamba
 from tests.tokenizer_fixture import tiny_tokenizer
 
-DOC = "Alice was born in Paris in 1990. Bob works at the bakery on Main Street. The fox is quick and brown."
-QUESTIONS = ["Where was Alice born?", "Where does Bob work?", "Which animal is quick?"]
+# Records in the format the demo model was trained on (names from the synthetic suite's test split)
+DOC = ("Name: Dev Hunt. City: Lima. Pet: owl. Food: nuts.\nName: Kai Cruz. City: Miami. Pet: eel. Food: jam.\n"
+       "Name: Nia Vale. City: Perth. Pet: cow. Food: curry.\nName: Xia Hunt. City: Rome. Pet: eel. Food: beans.")
+QUESTIONS = ["What is Dev Hunt's city?", "What is Nia Vale's pet?", "What is Xia Hunt's food?"]
 NEW = 12  # --max-new-tokens in these tests (short: fast)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +57,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
-    """The --model every test runs. Once the demo model ships, switch the CLI tests to it with: return "demo"."""
-    return write_model_folder(tmp_path_factory.mktemp("model"))
+    """The --model every test runs: the demo model shipped in the package."""
+    return "demo"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,11 @@ def test_no_jrt_and_repeats_change_the_prompt(capsys, model, engines, doc_file):
             assert item["answer"] == reference(engines[r], q)
             assert item["prompt_tokens"] == len(engines[r].encode(DOC, q).ids)
     assert [a["prompt_tokens"] for a in once["answers"]] < [a["prompt_tokens"] for a in twice["answers"]]
-    assert [a["answer"] for a in once["answers"]] != [a["answer"] for a in twice["answers"]]
+    # the reads show in the answers: on the example document the demo misses this fact on one read
+    example = str(REPO / "examples" / "records.txt")
+    question = "What is Xia Hunt's city?"
+    assert ok(capsys, example, question, "--model", model).strip() == "Rome"
+    assert ok(capsys, example, question, "--model", model, "--no-jrt").strip() != "Rome"
 
 
 def test_json_statistics(capsys, model, engines, doc_file):
@@ -268,8 +274,8 @@ def test_unknown_model_and_dtype(capsys, tmp_path, model, doc_file):
     assert_one_line_error(*ask(capsys, doc_file, "Who?", "--model", model, "--dtype", "float8"), 2, "unknown dtype")
 
 
-@pytest.mark.skipif((DEMO_DIR / "config.json").is_file(), reason="the demo model is bundled")
-def test_demo_model_missing_is_one_line_error(capsys, doc_file):
+def test_demo_model_missing_is_one_line_error(capsys, monkeypatch, tmp_path, doc_file):
+    monkeypatch.setattr("jrt_prompt.loading.DEMO_DIR", tmp_path / "not-installed")
     assert_one_line_error(*ask(capsys, doc_file, "Who?"), 2, "demo model is not bundled")
 
 

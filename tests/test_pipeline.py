@@ -19,21 +19,21 @@ from jrt_prompt.model import RecurrentLM
 from jrt_prompt.pipeline import TASK, JRTCheckpoint, JRTQuestionAnsweringPipeline
 from tests.test_cli import REPO, one_thread, write_model_folder  # noqa: F401 - one_thread: autouse fixture
 
-CONTEXTS = [
-    "Alice was born in Paris in 1990. Bob works at the bakery on Main Street.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Information about the company. Name: Acme. Founded: 1950. Headquarters: Boston. The fox is quick.",
+CONTEXTS = [  # records in the format the demo model was trained on
+    "Name: Dev Hunt. City: Lima. Pet: owl. Food: nuts.\nName: Kai Cruz. City: Miami. Pet: eel. Food: jam.",
+    "Name: Nia Vale. City: Perth. Pet: cow. Food: curry.",
+    "Name: Gia Quill. City: Cairo. Pet: ape. Food: beans.\nName: Xia Hunt. City: Rome. Pet: dog. Food: rice.",
 ]
 ITEMS = [{"context": c, "question": q} for c, q in zip(
     [CONTEXTS[0], CONTEXTS[1], CONTEXTS[2], CONTEXTS[0]],
-    ["Where was Alice born?", "Which animal is quick?", "Where is Acme?", "Where does Bob work?"])]
+    ["What is Dev Hunt's pet?", "What is Nia Vale's food?", "What is Xia Hunt's city?", "What is Kai Cruz's food?"])]
 NEW = 10
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> str:
-    """The checkpoint the pipeline runs on. Once the demo model ships, this can be: return str(DEMO_DIR)."""
-    return write_model_folder(tmp_path_factory.mktemp("model"))
+    """The checkpoint the pipeline runs on: the demo model shipped in the package."""
+    return str(DEMO_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,9 @@ def test_repeats(qa, folder):
             assert out["tokens_read"] == len(engine.encode(item["context"], item["question"]).ids)
             assert out["answer"] == expected(engine, item)
     once = [o["answer"] for o in qa(ITEMS, repeats=1, max_new_tokens=NEW)]
-    assert once != [o["answer"] for o in qa(ITEMS, max_new_tokens=NEW)]  # the reads show in the answers
+    # the reads show in the answers: on the example document the demo misses this fact on one read
+    example = {"context": (REPO / "examples" / "records.txt").read_text(), "question": "What is Xia Hunt's city?"}
+    assert qa(example, max_new_tokens=NEW)["answer"] == "Rome" != qa(example, repeats=1, max_new_tokens=NEW)["answer"]
     defaults = pipeline(TASK, model=folder, device="cpu", repeats=1, max_new_tokens=NEW)  # construction defaults
     assert [o["answer"] for o in defaults(ITEMS)] == once
 
@@ -184,7 +186,9 @@ def test_generation_arguments(qa, folder):
     assert no_stop == engine.generate(item["context"], item["question"], max_new_tokens=40).strip()
     sampled = qa(item, do_sample=True, seed=7, temperature=0.8, max_new_tokens=NEW)["answer"]
     assert sampled == expected(engine, item, do_sample=True, seed=7, temperature=0.8)
-    assert sampled != qa(item, max_new_tokens=NEW)["answer"]
+    greedy = qa(item, max_new_tokens=NEW)["answer"]
+    hot = {qa(item, do_sample=True, seed=s, temperature=5.0, max_new_tokens=NEW)["answer"] for s in range(6)}
+    assert hot - {greedy}, "sampling at a high temperature never left the greedy answer"
 
 
 @pytest.mark.gpu
