@@ -179,3 +179,25 @@ def test_eos_answer_text_is_decoded(engine):
     eng.eos_ids = {free[3]}
     want = engine.tokenizer.decode(free[:free.index(free[3])], skip_special_tokens=True)
     assert eng.generate(DOC, QUESTIONS[0], max_new_tokens=40) == want
+
+
+def test_right_padding_is_refused(engine):
+    """Right padding would feed pads into the state after the real tokens (REFERENCE section 4): an error."""
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="pad on the left"):
+        engine.model(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="shape of input_ids"):
+        engine.model(ids, attention_mask=mask[:, :3])
+
+
+def test_several_tokens_after_a_state_equal_one_read(engine):
+    """transformers 5.24's Mamba restarts from a zero state when several tokens follow a cache (REFERENCE
+    section 4); here any number of tokens after any state equals one full read, with or without a fork."""
+    ids = torch.tensor([engine.encode(DOC, QUESTIONS[0]).ids])
+    full, _ = engine.model(ids)
+    for cut in (1, 7, ids.shape[1] - 3):
+        _, state = engine.model(ids[:, :cut])
+        for start in (state, state.fork()):
+            rest, _ = engine.model(ids[:, cut:], start)
+            torch.testing.assert_close(rest, full[:, cut:], rtol=1e-5, atol=1e-5)
