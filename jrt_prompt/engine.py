@@ -226,25 +226,26 @@ class Engine:
             pass
         return [r.ids for r in rows]
 
-    def generate(self, context, question, original_question=None, **gen) -> str | list[str]:
+    def generate(self, context, question, original_question=None, *, progress=None, **gen) -> str | list[str]:
         """Answer ``question`` about ``context`` (a string or a ``read`` result). Lists of questions (and of
-        contexts) are answered as one left-padded batch and return a list. ``gen``: see GenerationConfig."""
+        contexts) are answered as one left-padded batch and return a list. ``gen``: see GenerationConfig.
+        ``progress(n)`` is called as the prompts are read, with the tokens read so far (per row)."""
         config = GenerationConfig(**gen)
         single, prompts, starts = self._jobs(context, question, original_question)
         rows = [_Row(self.tokenizer, self.eos_ids, config) for _ in prompts]
-        for rows in self._run(prompts, self._start_state(starts), config):
+        for rows in self._run(prompts, self._start_state(starts), config, progress=progress):
             pass
         answers = [r.text for r in rows]
         return answers[0] if single else answers
 
-    def stream(self, context, question, original_question=None, **gen) -> Iterator[str]:
+    def stream(self, context, question, original_question=None, *, progress=None, **gen) -> Iterator[str]:
         """Yield the answer to one question as text pieces, as they are generated."""
         if not isinstance(question, str):
             raise JRTError("stream answers one question at a time; use generate for lists")
         config = GenerationConfig(**gen)
         _, prompts, starts = self._jobs(context, question, original_question)
         row = None
-        for (row,) in self._run(prompts, self._start_state(starts), config, streaming=True):
+        for (row,) in self._run(prompts, self._start_state(starts), config, progress=progress, streaming=True):
             piece = row.pending(final=row.done)
             if piece:
                 yield piece

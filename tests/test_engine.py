@@ -201,3 +201,13 @@ def test_several_tokens_after_a_state_equal_one_read(engine):
         for start in (state, state.fork()):
             rest, _ = engine.model(ids[:, cut:], start)
             torch.testing.assert_close(rest, full[:, cut:], rtol=1e-5, atol=1e-5)
+
+
+def test_progress_reports_tokens_read(engine):
+    seen = []
+    engine.generate(DOC, QUESTIONS[0], max_new_tokens=2, progress=seen.append)
+    assert seen and seen[-1] == len(engine.encode(DOC, QUESTIONS[0]).ids)
+    doc, seen = engine.read(DOC), []
+    list(engine.stream(doc, QUESTIONS[1], max_new_tokens=2, progress=seen.append))
+    enc = engine.encode(DOC, QUESTIONS[1])
+    assert seen[-1] == len(enc.ids) - enc.shared
