@@ -16,7 +16,8 @@ from torch import nn
 
 from jrt_prompt.checkpoint import read_state_dict
 from jrt_prompt.errors import CheckpointError, UnsupportedModelError
-from jrt_prompt.layers.gla import FEATURE_MAPS, FlaRMSNorm, GatedLinearAttention, GatedMLP, GLASettings
+from jrt_prompt.layers.fla_norm import FlaRMSNorm
+from jrt_prompt.layers.gla import FEATURE_MAPS, GatedLinearAttention, GatedMLP, GLASettings
 from jrt_prompt.model import Block, LMConfig, RecurrentLM
 
 from .skeleton import skeleton

@@ -1,28 +1,35 @@
-"""RMSNorm as flash-linear-attention's fused kernel (``fla.modules.RMSNorm``) computes it: normalise and scale in
-float32, round once to the output dtype.
+"""RMSNorm as flash-linear-attention's fused kernels compute it (``fla.modules.RMSNorm``, ``FusedRMSNormGated``,
+GLA's ``g_norm``): normalise, scale by the weight and, when a gate is given, by swish(gate), all in float32;
+round once at the end.
 
-fla builds the block norms and the final norm of its Mamba / Mamba-2 models in float32, also inside a bfloat16
-model (``from_pretrained(..., dtype=torch.bfloat16)``), and its kernel returns the input's dtype whatever the
-weight's. Our ``Block`` casts its input to the norm weight's dtype first, so the output dtype here is fixed
-(``out_dtype``: the dtype the mixer after it computes in); None returns the input's dtype.
+The output dtype: the input's, or ``out_dtype`` when set. fla builds the block norms and the final norm of its
+Mamba / Mamba-2 models in float32, also inside a bfloat16 model, and its kernel returns the dtype the next layer
+computes in; our ``Block`` casts its input to the norm weight's dtype first, so that dtype is fixed here.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .norm import RMSNorm
 
-
-class FlaRMSNorm(RMSNorm):
-    def __init__(self, dim: int, eps: float = 1e-5, out_dtype: torch.dtype | None = None, device=None, dtype=None):
-        super().__init__(dim, eps=eps, device=device, dtype=dtype)
+class FlaRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None,
+                 out_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype)) if affine else None
+        self.eps = eps
         self.out_dtype = out_dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return h.to(self.out_dtype or x.dtype)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        if gate is not None:
+            y = y * F.silu(gate.float())
+        return y.to(self.out_dtype or x.dtype)
 
     def _apply(self, fn, recurse: bool = True):
         # model.to(dtype) / .half() re-types the output together with the weights (fn casts floating tensors only)

@@ -18,6 +18,7 @@ from torch import nn
 from ..ops.conv import causal_conv1d, causal_conv1d_step
 from ..ops.gla import chunk_gla, gla_step
 from ..state import LayerState
+from .fla_norm import FlaRMSNorm
 
 
 def _sqrelu(x: torch.Tensor) -> torch.Tensor:
@@ -88,25 +89,6 @@ class ShortConv(nn.Module):
 
     def step(self, x, tail):
         return F.silu(causal_conv1d_step(x, self.weight[:, 0], None, tail))
-
-
-class FlaRMSNorm(nn.Module):
-    """RMSNorm as fla's Triton kernels compute it: all in float32 (the weight too, when there is one), times
-    swish(gate) when a gate is given, one rounding at the end. fla's RMSNorm, FusedRMSNormGated and g_norm."""
-
-    def __init__(self, dim: int, eps: float, affine: bool = True, device=None, dtype=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(dim, device=device, dtype=dtype)) if affine else None
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        y = x.float()
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        if gate is not None:
-            y = y * F.silu(gate.float())
-        return y.to(x.dtype)
 
 
 class GatedMLP(nn.Module):
