@@ -56,12 +56,13 @@ def e2e(models: str = typer.Option("based-360m,based-1.3b,mamba2-370m,gla-1.3b",
         batches: str = typer.Option("1,16,64", help="decode batch sizes"),
         chunk: int = typer.Option(8192, help="prefill chunk (tokens per forward)"),
         hf: bool = typer.Option(True, help="also time transformers' forward/generate (Mamba-2)"),
+        compile: bool = typer.Option(False, help="torch.compile the decode step before capturing its CUDA graph"),
         json_out: Path | None = typer.Option(None, "--json")):
     """Time to first token, JRT cost per question with a cached read, decode tokens/s, peak memory."""
     from .e2e import run
 
     env = _require_gpu()
-    results = run(models.split(","), _ints(contexts), _ints(batches), chunk=chunk, hf_compare=hf,
+    results = run(models.split(","), _ints(contexts), _ints(batches), chunk=chunk, hf_compare=hf, compile=compile,
                   log=lambda m: console.print(m, style="dim"),
                   on_result=lambda r: _write(json_out, {"environment": env, "e2e": r, "partial": True}))
     t = Table(title="time to first token (ms, batch 1)")

@@ -139,13 +139,13 @@ def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int =
             "questions": questions, "peak_mb_jrt": mem}
 
 
-def decode_speed(lm: RecurrentLM, batch: int, vocab: int, steps: int = 128) -> dict:
+def decode_speed(lm: RecurrentLM, batch: int, vocab: int, steps: int = 128, compile: bool = False) -> dict:
     """Greedy decode tokens/s through the CUDA-graph step, and the bandwidth that implies (weights read once
     per step plus the state read and written)."""
     g = torch.Generator().manual_seed(batch)
     prompts = [_ids(DECODE_PROMPT, vocab, g) for _ in range(batch)]
     logits, state = prefill(lm, prompts)
-    graphed = GraphedStep(lm, batch)
+    graphed = GraphedStep(lm, batch, compile=compile)
     graphed.load(state)
     tokens = logits.argmax(-1)
 
@@ -160,7 +160,7 @@ def decode_speed(lm: RecurrentLM, batch: int, vocab: int, steps: int = 128) -> d
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
     bytes_per_step = weight_bytes + 2 * graphed.state.nbytes
     secs = ms / 1e3
-    return {"batch": batch, "tokens_per_s": batch * steps / secs, "ms_per_step": ms / steps,
+    return {"batch": batch, "compiled": compile, "tokens_per_s": batch * steps / secs, "ms_per_step": ms / steps,
             "gb_per_s": bytes_per_step * steps / secs / 1e9, "weight_gb": weight_bytes / 1e9,
             "state_mb": graphed.state.nbytes / 2**20}
 
@@ -183,7 +183,7 @@ def hf_numbers(hf, vocab: int, prompt: int = 2048, decode_tokens: int = 16, batc
 
 
 def run(models: list[str], contexts: list[int], batches: list[int], chunk: int = 8192, hf_compare: bool = True,
-        log=print, on_result=None) -> list[dict]:
+        log=print, on_result=None, compile: bool = False) -> list[dict]:
     """Every measurement for each model in turn; ``on_result(results)`` after each model (partial saves)."""
     results = []
     for name in models:
@@ -200,7 +200,7 @@ def run(models: list[str], contexts: list[int], batches: list[int], chunk: int =
             log(f"{name} ttft {entry['ttft'][-1]}")
             torch.cuda.empty_cache()
         for b in batches:
-            entry["decode"].append(decode_speed(lm, b, vocab))
+            entry["decode"].append(decode_speed(lm, b, vocab, compile=compile))
             log(f"{name} decode {entry['decode'][-1]}")
         if hf is not None and hf_compare and name == "mamba2-370m":
             entry["transformers"] = hf_numbers(hf, vocab, batches=(1, 16))
