@@ -15,14 +15,16 @@ import math
 import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 
+if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.triton_child import child_main, child_results, collect_checks  # noqa: E402
+
 F = 273  # 1 + 16 + 256 public features
-RESULT_TAG = "BASED_TRITON_RESULTS "
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,18 +393,7 @@ def check_against_naive_module():
     return None
 
 
-CHECKS = {name: fn for name, fn in sorted(globals().items()) if name.startswith("check_") and callable(fn)}
-
-
-def _run_checks_here() -> dict[str, str]:
-    results = {}
-    for name, fn in CHECKS.items():
-        try:
-            out = fn()
-            results[name] = out if isinstance(out, str) else "ok"
-        except Exception:  # reported to the parent, which fails that one test
-            results[name] = traceback.format_exc()
-    return results
+CHECKS = collect_checks(globals())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,13 +402,7 @@ def _run_checks_here() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict[str, str]:
-    env = dict(os.environ, TRITON_INTERPRET="1", JRT_PROMPT_OPS="auto")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True,
-                          text=True, timeout=600)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    pytest.fail(f"interpreter child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return child_results(__file__)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -591,12 +576,7 @@ def compile_for_hopper() -> dict[str, dict]:
 
 def test_kernels_compile_for_hopper():
     pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    assert lines, f"compile child failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    built = json.loads(lines[0][len(RESULT_TAG):])
+    built = child_results(__file__, "--compile", interpret=False)
     from jrt_prompt.ops.based import triton_chunk as tc
     assert {"prefill", "state_pass", "step"} <= set(built)
     assert all(name in built or name + ":out" in built for name in tc.VARIANTS)
@@ -607,10 +587,4 @@ def test_kernels_compile_for_hopper():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--compile"]:  # the compile child (no interpreter)
-        print(RESULT_TAG + json.dumps(compile_for_hopper()), flush=True)
-        sys.exit(0)
-    if os.environ.get("TRITON_INTERPRET") != "1":  # the interpreter child
-        sys.exit("run with TRITON_INTERPRET=1 (pytest does this for you)")
-    torch.set_num_threads(1)
-    print(RESULT_TAG + json.dumps(_run_checks_here()), flush=True)
+    child_main(CHECKS, compile_for_hopper)

@@ -44,7 +44,6 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Callable
 
 import torch
 import triton

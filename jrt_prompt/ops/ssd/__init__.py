@@ -7,8 +7,6 @@ q = C, k = B, v = x * dt, log-decay g = A * dt, scale 1. On CUDA, when flash-lin
 
 from __future__ import annotations
 
-import torch
-
 from ..backend import importable, use_fast_path
 from .naive import NO_LIMIT, add_skip, prepare_dt, ssd_chunked, ssd_recurrent, ssd_state_update
 
