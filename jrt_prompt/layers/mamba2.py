@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.conv import causal_conv1d, causal_conv1d_step
-from ..ops.ssd import ssd, ssd_state_update
+from ..ops.conv import causal_conv1d
+from ..ops.mamba2_step import gated_rms_norm, mamba2_step
+from ..ops.ssd import ssd
 from ..state import LayerState
 from .mamba import activation, depthwise_conv
 
@@ -35,14 +36,7 @@ class GatedRMSNorm(nn.Module):
         self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h, gate = y.float(), F.silu(z.float())
-        if not self.norm_before_gate:
-            h = h * gate
-        g = h.unflatten(-1, (-1, self.group_size))
-        h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.float()
-        if self.norm_before_gate:
-            h = h * gate
-        return h.to(y.dtype)
+        return gated_rms_norm(y, z, self.weight, self.group_size, self.eps, self.norm_before_gate)
 
 
 class Mamba2Mixer(nn.Module):
@@ -107,9 +101,10 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, u, state, positions):
         # dt_limit clamps here too, unlike mamba_ssm's own step (the same for the released (0, inf) limit).
-        z, xBC, dt = self._split_in(u)
-        xBC = causal_conv1d_step(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"])
-        x, B, C = self._split_conv(self.act(xBC))
-        y = ssd_state_update(state["ssm"], x, dt, -torch.exp(self.A_log.float()), B, C, self._skip_weight(),
-                             dt_bias=self.dt_bias, dt_limit=self.dt_limit)
-        return self.out_proj(self._gate(y.flatten(-2), z))
+        norm = self.norm
+        y = mamba2_step(self.in_proj(u), state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
+                        -torch.exp(self.A_log.float()), self._skip_weight(), self.dt_bias,
+                        norm.weight if norm is not None else None, n_groups=self.n_groups, act=self.act,
+                        dt_limit=self.dt_limit, norm_eps=norm.eps if norm is not None else 1e-5,
+                        norm_before_gate=norm.norm_before_gate if norm is not None else False)
+        return self.out_proj(y)

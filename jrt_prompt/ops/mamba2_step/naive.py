@@ -1,0 +1,51 @@
+"""Reference one-token Mamba-2 mixer step, after in_proj and before out_proj, in plain PyTorch (any device).
+
+    z, xBC, dt = split(zxbcdt); xBC = act(conv_step(xBC)); x, B, C = split(xBC)
+    y = ssd_state_update(x, dt, A, B, C, D); out = gated_rms_norm(y, z)
+
+It is the composition of the ops the prefill uses (conv, SSD, gated norm), so a decoded token equals the
+same token read by ``forward``; the fused kernel in ``triton_step`` computes the same in two launches.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..conv import causal_conv1d_step
+from ..ssd.naive import NO_LIMIT, ssd_state_update
+
+
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, group_size: int, eps: float,
+                   norm_before_gate: bool = False) -> torch.Tensor:
+    """RMSNorm over groups of ``group_size`` channels gated by silu(z): norm(y * silu(z)) (norm_before_gate
+    False, transformers' and mamba_ssm's default) or norm(y) * silu(z). float32 inside, y's dtype out;
+    ``weight`` None: no norm, y * silu(z)."""
+    h, gate = y.float(), F.silu(z.float())
+    if weight is None:
+        return (h * gate).to(y.dtype)
+    if not norm_before_gate:
+        h = h * gate
+    g = h.unflatten(-1, (-1, group_size))
+    h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * weight.float()
+    if norm_before_gate:
+        h = h * gate
+    return h.to(y.dtype)
+
+
+def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, norm_weight, *,
+                n_groups: int, act=F.silu, dt_limit=NO_LIMIT, norm_eps: float = 1e-5,
+                norm_before_gate: bool = False) -> torch.Tensor:
+    """zxbcdt [B, 2 d_inner + 2 G N + H] (in_proj's output); conv_state [B, K-1, d_inner + 2 G N];
+    conv_weight [d_inner + 2 G N, K]; ssm_state [B, H, P, N] float32; A [H] (negative); D [H] or [H, P];
+    dt_bias [H]; norm_weight [d_inner] or None. Both states are updated in place.
+    Returns [B, d_inner] in zxbcdt's dtype: what out_proj reads."""
+    batch, heads, head_dim, d_state = ssm_state.shape
+    d_inner = heads * head_dim
+    conv_dim = conv_state.shape[-1]
+    z, xBC, dt = zxbcdt.split([d_inner, conv_dim, heads], dim=-1)
+    xBC = act(causal_conv1d_step(xBC, conv_weight, conv_bias, conv_state))
+    x, B, C = xBC.split([d_inner, n_groups * d_state, n_groups * d_state], dim=-1)
+    y = ssd_state_update(ssm_state, x.unflatten(-1, (heads, head_dim)), dt, A, B.unflatten(-1, (n_groups, d_state)),
+                         C.unflatten(-1, (n_groups, d_state)), D, dt_bias=dt_bias, dt_limit=dt_limit)
+    return gated_rms_norm(y.flatten(-2), z, norm_weight, d_inner // n_groups, norm_eps, norm_before_gate)
