@@ -76,17 +76,24 @@ class Block(nn.Module):
     def _residual(self, h: torch.Tensor) -> torch.Tensor:
         return h.float() if self.residual_in_fp32 else h
 
+    @staticmethod
+    def _normed(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """norm(h cast to the norm's dtype); our norms fold the cast into their kernel."""
+        if getattr(norm, "fuses_cast", False):
+            return norm(h, cast=norm.weight.dtype)
+        return norm(h.to(norm.weight.dtype))
+
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
             return h
-        return self._residual(h) + self.mlp(self.norm2(h.to(self.norm2.weight.dtype)))
+        return self._residual(h) + self.mlp(self._normed(self.norm2, h))
 
     def forward(self, h, state, mask=None, positions=None):
-        y, state = self.mixer(self.norm(h.to(self.norm.weight.dtype)), state, mask=mask, positions=positions)
+        y, state = self.mixer(self._normed(self.norm, h), state, mask=mask, positions=positions)
         return self._mlp(self._residual(h) + y), state
 
     def step(self, h, state, positions):
-        y = self.mixer.step(self.norm(h.to(self.norm.weight.dtype)), state, positions)
+        y = self.mixer.step(self._normed(self.norm, h), state, positions)
         return self._mlp(self._residual(h) + y)
 
 

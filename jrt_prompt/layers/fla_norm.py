@@ -13,8 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.norm import rms_norm
+
 
 class FlaRMSNorm(nn.Module):
+    fuses_cast = True  # forward(x, cast=dtype) casts the input first, in the same kernel
+
     def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None,
                  out_dtype: torch.dtype | None = None):
         super().__init__()
@@ -22,13 +26,18 @@ class FlaRMSNorm(nn.Module):
         self.eps = eps
         self.out_dtype = out_dtype
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None, cast: torch.dtype | None = None
+                ) -> torch.Tensor:
+        if gate is None:
+            return rms_norm(x, self.weight, self.eps, hf_rounding=False, cast=cast,
+                            out_dtype=self.out_dtype or cast or x.dtype)
+        if cast is not None:
+            x = x.to(cast)
         y = x.float()
         y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
             y = y * self.weight.float()
-        if gate is not None:
-            y = y * F.silu(gate.float())
+        y = y * F.silu(gate.float())
         return y.to(self.out_dtype or x.dtype)
 
     def _apply(self, fn, recurse: bool = True):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.norm import rms_norm
+
 
 class RMSNorm(nn.Module):
+    fuses_cast = True  # forward(x, cast=dtype) casts the input first, in the same kernel
+
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, cast: torch.dtype | None = None) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, hf_rounding=True, cast=cast)

@@ -1,0 +1,30 @@
+"""RMSNorm with the input cast folded in: ``rms_norm(x, weight, eps, hf_rounding=..., cast=..., out_dtype=...)``.
+
+The fast path (``triton_norm``: one launch) runs on CUDA tensors when no gradient is needed and Triton imports;
+otherwise the reference (``naive``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from ..backend import importable, use_fast_path
+from . import naive
+
+FAST = "jrt_prompt.ops.norm.triton_norm"
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
+             cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    kw = dict(hf_rounding=hf_rounding, cast=cast, out_dtype=out_dtype)
+    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+    if not grad and use_fast_path(x, weight) and importable(FAST):
+        fast = importlib.import_module(FAST)
+        if fast.supported(x, weight, cast):
+            return fast.rms_norm(x, weight, eps, **kw)
+    return naive.rms_norm(x, weight, eps, **kw)
+
+
+__all__ = ["rms_norm", "naive"]

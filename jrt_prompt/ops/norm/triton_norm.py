@@ -1,0 +1,52 @@
+"""RMSNorm in one Triton launch per call (one program per row), with the input cast folded in.
+
+A decode step calls a norm twice per layer on one row; as PyTorch ops that is ~7 kernels each (cast, square,
+mean, add, rsqrt, multiply, cast, scale). Rounding as ``naive.rms_norm``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, o_ptr, D, stride_x, stride_o, eps,
+                     CAST: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HF: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < D
+    x = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0).to(CAST).to(tl.float32)
+    y = x / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+    if HF:
+        y = y.to(CAST).to(tl.float32)
+    if HAS_W:
+        y = y * tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(o_ptr + row * stride_o + offs, y.to(o_ptr.dtype.element_ty), mask=m)
+
+
+def supported(x: torch.Tensor, weight: torch.Tensor | None, cast: torch.dtype | None) -> bool:
+    return (x.dtype in _TL and (cast or x.dtype) in _TL and (weight is None or weight.dtype in _TL)
+            and x.shape[-1] <= 16384 and x.numel() > 0)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
+             cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    dtype = cast or x.dtype
+    if hf_rounding:
+        out_dtype = torch.promote_types(weight.dtype, dtype) if weight is not None else dtype
+    else:
+        out_dtype = out_dtype or dtype
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
+    block = triton.next_power_of_2(D)
+    _rms_norm_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, out, D, x2.stride(0), out.stride(0),
+                                     float(eps), CAST=_TL[dtype], BLOCK=block, HAS_W=weight is not None,
+                                     HF=hf_rounding, num_warps=4 if block <= 2048 else 8)
+    return out.view(x.shape)

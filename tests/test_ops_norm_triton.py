@@ -1,0 +1,104 @@
+"""The one-launch RMSNorm kernel (``jrt_prompt.ops.norm.triton_norm``) against its reference, both roundings.
+
+CPU: under Triton's interpreter in one child process (see tests/triton_child.py). GPU (``pytest -m gpu``): the
+same checks compiled, and the decode-size and prefill-size rows of real models.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.triton_child import child_main, child_results, collect_checks  # noqa: E402
+
+DEVICE = "cpu"
+
+
+def _ops():
+    from jrt_prompt.ops.norm import naive, triton_norm
+    return triton_norm.rms_norm, naive.rms_norm
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    for rows, dim in ((3, 32), (1, 48), (5, 100)):
+        x = (torch.randn(rows, dim, generator=g) * 3 + 0.5).to(DEVICE)
+        w = (1 + 0.1 * torch.randn(dim, generator=g)).to(DEVICE)
+        yield x, w
+
+
+def check_both_roundings_and_casts():
+    k, r = _ops()
+    for x, w in _cases():
+        for hf in (True, False):
+            for x_dtype, w_dtype, cast in ((torch.float32, torch.float32, None),
+                                           (torch.float32, torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.bfloat16, None),
+                                           (torch.float32, torch.float32, torch.float16),
+                                           (torch.bfloat16, torch.float32, None)):
+                for weight in (w.to(w_dtype), None):
+                    a = k(x.to(x_dtype), weight, 1e-5, hf_rounding=hf, cast=cast)
+                    b = r(x.to(x_dtype), weight, 1e-5, hf_rounding=hf, cast=cast)
+                    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype)
+                    exact = {x_dtype, w_dtype, cast or x_dtype} == {torch.float32}  # no 16-bit rounding
+                    tol = 1e-6 if exact else 1e-2
+                    err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+                    assert err < tol, (hf, x_dtype, w_dtype, cast, weight is None, err)
+
+
+def check_out_dtype_and_3d():
+    k, r = _ops()
+    x = torch.randn(2, 3, 40, device=DEVICE)
+    w = torch.rand(40, device=DEVICE) + 0.5
+    a = k(x, w, 1e-6, hf_rounding=False, out_dtype=torch.bfloat16)
+    b = r(x, w, 1e-6, hf_rounding=False, out_dtype=torch.bfloat16)
+    assert a.shape == (2, 3, 40) and a.dtype == torch.bfloat16
+    assert ((a.float() - b.float()).abs().max() <= 1e-2 * b.float().abs().max()), (a - b).abs().max()
+    nc = x.transpose(0, 1)[..., :]  # not contiguous across rows
+    assert torch.allclose(k(nc, w, 1e-6, hf_rounding=True), r(nc, w, 1e-6, hf_rounding=True), atol=1e-6)
+
+
+CHECKS = collect_checks(globals())
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, str]:
+    return child_results(__file__)
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_under_triton_interpreter(name, interpreter_results):
+    result = interpreter_results[name]
+    assert result == "ok", result
+
+
+def test_modules_take_the_reference_on_cpu():
+    from jrt_prompt.layers.fla_norm import FlaRMSNorm
+    from jrt_prompt.layers.norm import RMSNorm
+    from jrt_prompt.ops.norm import naive
+    x = torch.randn(2, 5, 16)
+    for norm, hf in ((RMSNorm(16), True), (FlaRMSNorm(16), False)):
+        with torch.no_grad():
+            norm.weight.mul_(1.5)
+        assert torch.equal(norm(x, cast=torch.bfloat16),
+                           naive.rms_norm(x, norm.weight, norm.eps, hf_rounding=hf, cast=torch.bfloat16))
+
+
+@pytest.mark.gpu
+def test_gpu_checks():
+    global DEVICE
+    DEVICE = "cuda"
+    try:
+        for fn in CHECKS.values():
+            fn()
+    finally:
+        DEVICE = "cpu"
+
+
+if __name__ == "__main__":
+    child_main(CHECKS)
