@@ -2,23 +2,52 @@
 """Train small recall models on the synthetic suite, then score plain vs JRT prompts on its test split.
 
     python examples/train_recall.py --arch based --minutes 8 --out runs/based
-    python examples/train_recall.py --arch all --parallel --minutes 6 --eval-minutes 1.5 --out runs/all
+    python examples/train_recall.py --arch all --parallel --minutes 5.5 --eval-minutes 1.5 --out runs/all
     python examples/train_recall.py --summarize runs/all --write RESULTS.md
     python examples/train_recall.py --export-demo runs/all/based      # -> jrt_prompt/demo, then load("demo")
 
 One process per architecture (``--arch all`` starts them as subprocesses, concurrently with ``--parallel``; one
 failing never stops the others). Each writes DIR/results.json as it goes (config, seeds, parameters, state bytes,
-training log, accuracy per document size), so a run killed by a time limit still leaves what it did, and saves
-its checkpoint (``save_pretrained`` + tokenizer) before evaluating. See examples/recall_training/ for the parts.
+training kernels chosen and why, training log, accuracy per document size), so a run killed by a time limit still
+leaves what it did, and saves its checkpoint (``save_pretrained`` + tokenizer) before evaluating. See
+examples/recall_training/ for the parts and examples/recall_training/NOTES.md for the CPU experiments behind the
+training mixture.
 
-On a GPU machine, first ``pytest -q -m gpu tests/test_train_recall.py`` (the training kernels reach every parameter
-and match the references), then all five in one call, e.g. ``--arch all --parallel --minutes 6 --eval-minutes 1.5
---deadline-minutes 9.5 --out $OUT/recall``: about 1 minute of start-up, 6 of training, 1.5 of evaluation.
+The mixture (defaults): plain rows (C, Q, A) with 1-32 records and 4 questions each (the first exactly as inference
+asks it, every answer supervised, every token in the loss); JRT rows (C, Q, C, Q, A) and question-first rows
+(Q, C, Q, A) with 4-64 records, supervised on the final answer only (no loss on the second copy: that rewarded
+copying); one format and one size per batch. ``--records``, ``--mix``, ``--answer-only``, ``--plain-questions``,
+``--recall-weight`` change it.
+
+Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
+(``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
+before the first step (the last GPU run lost 5 minutes to fla's compile/autotune for GLA and Mamba, and Mamba-2
+died at its first backward: fla 0.6.0 refuses its gated chunk backward on Hopper with Triton < 3.7.1). With
+``--train-ops fast``, fla's kernels; Mamba-2 then checks fla's Hopper/Triton guard (and a tiny forward + backward)
+first and falls back to ``ssd_chunked``; results.json's "training_ops" says what ran and why.
+
+GPU run-book (one H100; torch 2.11, Triton 3.6, fla 0.6.0). First the GPU checks (a minute):
+
+    pytest -q -m gpu tests/test_train_recall.py
+
+then all five architectures and the demo-sized Based model at the same time, on the one GPU:
+
+    python examples/train_recall.py --arch all --parallel --minutes 5.5 --eval-minutes 1.5 --eval-ops reference \
+        --deadline-minutes 8.5 --out $OUT/recall &
+    python examples/train_recall.py --arch based --d-model 256 --minutes 5.5 --eval-minutes 1.5 --out $OUT/demo
+    wait; python examples/train_recall.py --summarize $OUT/recall $OUT/demo --write $OUT/RESULTS.md
+
+Expected wall time: about 8 minutes (under 30 s of start-up, 5.5 of training, saving, up to 1.5 of evaluation plus
+its last size; the launcher stops any child still running 8.5 minutes after the launch and prints the table).
+Results: $OUT/recall/<arch>/results.json (arch: based, mamba, mamba2, gla, llama; train.log and the checkpoint
+beside it), $OUT/recall/RESULTS.md (the table), $OUT/demo/results.json (+ checkpoint; ``--export-demo $OUT/demo``
+makes it the package's demo).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -33,11 +62,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data-loader workers 
 
 from recall_training import data as data_mod  # noqa: E402
 from recall_training import report  # noqa: E402
+from recall_training import models as models_mod  # noqa: E402
 from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
 CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes"}
 FLAGS = {"--parallel"}  # options without a value
-REFERENCE_SCAN_TOKENS = 4096
+REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192}  # Mamba's batch cap per PyTorch scan
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--heads", type=int, help="heads (default d_model // 32)")
     model.add_argument("--based-pattern", help="Based layers, one letter each: c BaseConv, l linear attn, w window")
     model.add_argument("--window", type=int, default=64, help="Based window_size (sees window/2 tokens back)")
-    model.add_argument("--mamba-scan", choices=("gla", "reference"), default="gla",
-                       help="Mamba training scan on CUDA: as GLA through fla (default) or the PyTorch reference")
+    model.add_argument("--train-ops", choices=("reference", "fast"), default="reference",
+                       help="training kernels on CUDA: the PyTorch references (default: no Triton compile or "
+                            "autotune, training starts at once) or fla's (GLA, Mamba-2 unless fla refuses its "
+                            "backward here, Mamba's scan as GLA after a self-check)")
+    model.add_argument("--mamba-scan", choices=models_mod.MAMBA_SCANS,
+                       help="Mamba's training scan on CUDA (default: two-level with --train-ops reference, gla with "
+                            "fast)")
     train = p.add_argument_group("training")
     train.add_argument("--minutes", type=float, default=8.0, help="training time budget (evaluation comes after)")
     train.add_argument("--max-steps", type=int, help="a step budget as well: stop and schedule by whichever ends first")
@@ -69,14 +104,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--warmup", type=int, default=200)
     train.add_argument("--tokens-per-batch", type=int, default=16384)
-    train.add_argument("--start-records", type=int, default=1, help="first curriculum level (JRT rows)")
-    train.add_argument("--max-records", type=int, default=64, help="largest JRT document in training (curriculum)")
+    train.add_argument("--records", default=",".join(f"{k}={lo}-{hi}" for k, (lo, hi) in data_mod.DEFAULT_RECORDS.items()),
+                       help="records per training document of each format, a range (test documents: --eval-records)")
+    train.add_argument("--start-level", type=float, default=1.0,
+                       help="curriculum: start with this fraction of each format's largest record count (1: off)")
     train.add_argument("--floor-from", type=float, default=0.45,
-                       help="fraction of the budget after which the curriculum is pushed towards --max-records "
+                       help="fraction of the budget after which the curriculum is pushed towards the full ranges "
                             "even without recall (1: never)")
     train.add_argument("--answer-weight", type=float, default=1.0, help="weight of the answers' value loss")
-    train.add_argument("--recall-weight", type=float, default=1.0, help="weight of the JRT second-copy loss")
-    train.add_argument("--mix", default="plain=0.3,jrt=0.4,question_first=0.3")
+    train.add_argument("--answer-only", default=",".join(data_mod.ANSWER_ONLY),
+                       help="formats supervised on their answer only (the others on every token); 'none' for none")
+    train.add_argument("--plain-questions", type=int, default=4,
+                       help="questions per plain row (the first as inference asks it, then follow-ups, each answered)")
+    train.add_argument("--recall-weight", type=float, default=0.0,
+                       help="weight of a loss on JRT rows' second document copy (needs jrt out of --answer-only)")
+    train.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in data_mod.DEFAULT_MIX.items()))
     train.add_argument("--attributes", default="1-3", help="attributes per record in training, a range (test: 3)")
     train.add_argument("--workers", type=int, default=2, help="data-loader processes")
     train.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines")
@@ -88,6 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
     ev.add_argument("--eval-minutes", type=float, default=2.0, help="evaluation time budget")
     ev.add_argument("--eval-batch", type=int, default=32)
+    ev.add_argument("--eval-ops", choices=("auto", "reference"), default="auto",
+                    help="the engine's kernels when evaluating: its defaults (fla / Triton on CUDA) or the PyTorch "
+                         "references (nothing to compile; the reload check runs under the same choice)")
     args = p.parse_args(argv)
     if not (args.summarize or args.export_demo or args.arch):
         p.error("give --arch (and --out), --summarize DIR... or --export-demo RUN")
@@ -108,12 +153,30 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def parse_range(text: str) -> tuple[int, int]:
+def parse_range(text: str, option: str = "--attributes") -> tuple[int, int]:
     lo, _, hi = text.partition("-")
     try:
         return int(lo), int(hi or lo)
     except ValueError:
-        raise SystemExit(f"--attributes {text!r} must be a number or a range like 1-3") from None
+        raise SystemExit(f"{option} {text!r} must be a number or a range like 1-3") from None
+
+
+def parse_records(text: str) -> dict[str, tuple[int, int]]:
+    records = dict(data_mod.DEFAULT_RECORDS)
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        name, _, spec = part.partition("=")
+        if name not in data_mod.FORMATS:
+            raise SystemExit(f"--records: unknown format {name!r} (formats: {', '.join(data_mod.FORMATS)})")
+        records[name] = parse_range(spec, "--records")
+    return records
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    names = tuple(filter(None, (s.strip() for s in text.split(",")))) if text.strip() != "none" else ()
+    unknown = set(names) - set(data_mod.FORMATS)
+    if unknown:
+        raise SystemExit(f"--answer-only: unknown formats {sorted(unknown)} (formats: {', '.join(data_mod.FORMATS)})")
+    return names
 
 
 def model_size(args) -> ModelSize:
@@ -152,6 +215,31 @@ def run_one(args, arch: str, out: Path) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def choose_training_ops(args, arch: str, trainable, device, log) -> dict:
+    """Set the training kernels (``Trainable.ops``, ``mamba_scan``, ``mamba2_ssd``) for ``device``; returns what was
+    chosen, why and how long the checks took (for results.json)."""
+    from recall_training import models
+
+    start = time.time()
+    trainable.ops = args.train_ops
+    notes: list[str] = []
+    if arch == "mamba":
+        choice = args.mamba_scan or ("gla" if args.train_ops == "fast" else "two-level")
+        if device.type == "cuda":
+            trainable.mamba_scan = models.checked_mamba_scan(choice, device, notes.append)
+        cap = REFERENCE_SCAN_TOKENS.get(trainable.mamba_scan)
+        if device.type == "cuda" and cap and args.tokens_per_batch > cap:
+            notes.append(f"{trainable.mamba_scan} Mamba scan: batches of {cap} tokens instead of "
+                         f"{args.tokens_per_batch} (autograd keeps [B, L, C, N] tensors)")
+            args.tokens_per_batch = cap
+    if arch == "mamba2" and device.type == "cuda" and args.train_ops == "fast":
+        trainable.mamba2_ssd = models.checked_mamba2_ssd(device, notes.append)
+    for note in notes:
+        log(note)
+    chosen = trainable.describe() if device.type == "cuda" else {"ops": "reference (CPU)"}
+    return {**chosen, "notes": notes, "check_seconds": round(time.time() - start, 1)}
+
+
 def _tokenizer(args, out: Path):
     from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
@@ -175,23 +263,19 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
     hf = models.build_hf_model(arch, model_size(args), len(tokenizer), tokenizer.eos_token_id, args.seed)
     hf.to(device)
     trainable = models.make_trainable(arch, hf)
-    if arch == "mamba" and device.type == "cuda":
-        trainable.mamba_scan = models.checked_mamba_scan(args.mamba_scan, device, log)
-        if trainable.mamba_scan == "reference" and args.tokens_per_batch > REFERENCE_SCAN_TOKENS:
-            # the reference scan keeps about 240 KB per token and layer for backward (d_inner 256, d_state 16)
-            log(f"reference Mamba scan: batches of {REFERENCE_SCAN_TOKENS} tokens instead of {args.tokens_per_batch}")
-            args.tokens_per_batch = REFERENCE_SCAN_TOKENS
-    if arch == "mamba":
-        results["mamba_scan"] = trainable.mamba_scan if device.type == "cuda" else "reference (CPU)"
+    results["training_ops"] = choose_training_ops(args, arch, trainable, device, log)
+    save()
     results.update(params=models.count_parameters(hf), config=hf.config.to_dict(), status="training")
     if arch == "llama":
         results["kv_bytes_per_token"] = models.state_bytes(trainable, 1)
     else:
         results["state_bytes"] = models.state_bytes(trainable)
-    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), attributes=parse_range(args.attributes),
-                                     tokens_per_batch=args.tokens_per_batch)
+    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), records=parse_records(args.records),
+                                     answer_only=parse_formats(args.answer_only),
+                                     plain_questions=max(1, args.plain_questions),
+                                     attributes=parse_range(args.attributes), tokens_per_batch=args.tokens_per_batch)
     config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
-                              start_records=args.start_records, max_records=args.max_records,
+                              start_level=args.start_level,
                               floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),
                               answer_weight=args.answer_weight, recall_weight=args.recall_weight,
                               log_every_s=args.log_every, workers=args.workers, mixture=mixture)
@@ -217,20 +301,24 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
 
     deadline = time.time() + args.eval_minutes * 60
     sizes = [int(s) for s in args.eval_records.split(",") if s.strip()]
-    if arch in RECURRENT:
-        answer = _engine_answerer(out, tokenizer, trainable, device, args.eval_batch, results, log)
-    else:
-        hf.eval()
-        answer = lambda ex, repeats, check: evaluation.hf_answers(  # noqa: E731
-            hf, tokenizer, ex, repeats, args.eval_batch, check)
+    from jrt_prompt.ops.backend import reference_ops
 
-    def on_size(table):
-        results["accuracy"] = table
-        save()
+    results["eval_ops"] = args.eval_ops if arch in RECURRENT else "transformers"
+    with reference_ops(True) if args.eval_ops == "reference" else contextlib.nullcontext():
+        if arch in RECURRENT:
+            answer = _engine_answerer(out, tokenizer, trainable, device, args.eval_batch, results, log)
+        else:
+            hf.eval()
+            answer = lambda ex, repeats, check: evaluation.hf_answers(  # noqa: E731
+                hf, tokenizer, ex, repeats, args.eval_batch, check)
 
-    with torch.no_grad():
-        results["accuracy"] = evaluation.evaluate_sizes(answer, sizes, args.eval_documents, deadline, log=log,
-                                                        on_size=on_size)
+        def on_size(table):
+            results["accuracy"] = table
+            save()
+
+        with torch.no_grad():
+            results["accuracy"] = evaluation.evaluate_sizes(answer, sizes, args.eval_documents, deadline, log=log,
+                                                            on_size=on_size)
     results["status"] = "done"
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()

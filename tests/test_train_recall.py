@@ -82,36 +82,67 @@ def test_fast_tokenizer_matches_the_tokenizer(tok):
 
 
 def test_batches_have_few_shapes_right_masks_and_train_names_only(tok):
-    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=2048), seed=3,
-                              level=lambda: 4)
+    records = {"plain": (1, 4), "jrt": (3, 8), "question_first": (3, 8)}
+    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=2048, records=records),
+                              seed=3, level=lambda: 1.0)
     train_names, test_names = set(synthetic.names("train")), set(synthetic.names("test"))
-    attribute_counts = set()
-    for _ in range(6):
+    attribute_counts, formats = set(), set()
+    for _ in range(12):
         b = stream.batch()
         B, L = b.ids.shape
-        assert L in data.BUCKETS and B * L <= 2048 and b.lm_mask.shape == (B, L - 1)
-        assert set(b.formats) <= set(data.FORMATS)
+        assert L in data.BUCKETS and B * L <= 2048 and b.lm_mask.shape == b.answer_mask.shape == (B, L - 1)
+        assert len(set(b.formats)) == 1 and len(set(b.records)) == 1  # one format and size per batch
+        fmt = b.formats[0]
+        formats.add(fmt)
+        assert records[fmt][0] <= b.records[0] <= records[fmt][1]
+        assert not b.recall_mask.any()  # no second-copy loss by default
         for i in range(B):
-            n = int(b.lm_mask[i].sum()) + 1  # real tokens
-            assert b.lm_mask[i, :n - 1].all() and not b.lm_mask[i, n - 1:].any()
-            assert b.ids[i, n - 1] == tok.eos_token_id
+            n = b.lengths[i]
+            assert b.ids[i, n - 1] == tok.eos_token_id and not b.lm_mask[i, n - 1:].any()
             text = tok.decode(b.ids[i, :n])
             value = int(b.value_pos[i]) + 1
-            assert tok.decode(b.ids[i, :value]).endswith("\nAnswer:") and value == n - 3  # value, newline, EOS
-            recall = b.recall_mask[i].nonzero().flatten()
-            if b.formats[i] != "jrt":
-                assert len(recall) == 0
-                continue
-            copy = b.ids[i, int(recall[0]) + 1:int(recall[-1]) + 2]  # the tokens those positions predict
-            context = text.split("\n\nQuestion:")[0]
-            assert tok.decode(copy) == context and len(recall) == int(recall[-1] - recall[0]) + 1
-            assert text.count(context) == 2 and text.index(context, 1) == len(tok.decode(b.ids[i, :int(recall[0]) + 1]))
-            records = [line for line in text.split("\n") if line.startswith("Name: ")]
-            names = {line.split(".")[0][len("Name: "):] for line in records}
+            assert tok.decode(b.ids[i, :value]).endswith("\nAnswer:")
+            supervised = b.lm_mask[i].nonzero().flatten()
+            answers = b.answer_mask[i].nonzero().flatten()
+            assert b.answer_mask[i, value - 1] and (b.lm_mask[i] | ~b.answer_mask[i]).all()
+            if fmt == "plain":  # every token, and up to 4 questions, each answered
+                assert len(supervised) == n - 1 and 1 <= len(answers) <= 4
+                assert text.count("\nAnswer: ") == len(answers) and not text.startswith("Question:")
+            else:  # the answer after the final question only: value, newline, EOS
+                assert supervised.tolist() == [value - 1, value, value + 1] and answers.tolist() == [value - 1]
+                assert value == n - 3 and text.count("\nAnswer: ") == 1
+                assert text.startswith("Question:") == (fmt == "question_first")
+            lines = [line for line in text.split("\n") if line.startswith("Name: ")]
+            names = {line.split(".")[0][len("Name: "):] for line in lines}
             assert names and names <= train_names and not names & test_names
-            attribute_counts |= {line.count(": ") - 1 for line in records}
-            assert b.records[i] <= (4 if b.formats[i] == "jrt" else 8)
-    assert attribute_counts == {1, 2, 3}  # per batch, from MixtureConfig.attributes
+            attribute_counts |= {line.count(": ") - 1 for line in lines}
+    assert attribute_counts == {1, 2, 3} and formats == set(data.FORMATS)
+
+
+def test_jrt_rows_can_still_supervise_the_second_copy(tok):
+    """With jrt out of answer_only, the recall mask marks exactly the predictions of the second context copy."""
+    enc = data.SampleEncoder(tok)
+    doc = synthetic.documents(1, "train", records=3)[0]
+    batch = data.collate([enc.encode("jrt", doc, doc.asked[0])], tok.eos_token_id)
+    recall = batch.recall_mask[0].nonzero().flatten()
+    assert tok.decode(batch.ids[0, int(recall[0]) + 1:int(recall[-1]) + 2]) == doc.text
+    assert batch.lm_mask[0, :batch.lengths[0] - 1].all()
+
+
+def test_answer_only_loss_ignores_everything_but_the_answer(tok):
+    """Changing the logits anywhere but at the answer's positions leaves the loss of a JRT row unchanged."""
+    enc = data.SampleEncoder(tok)
+    doc = synthetic.documents(1, "train", records=3)[0]
+    batch = data.collate([enc.encode("jrt", doc, doc.asked[0], answer_only=True)], tok.eos_token_id)
+    logits = torch.randn(1, batch.ids.shape[1], len(tok))
+    loss, parts, _ = loop.batch_loss(logits, batch)
+    value = int(batch.value_pos[0])
+    other = logits.clone()
+    other[:, :value] += torch.randn_like(other[:, :value]) * 5
+    assert torch.allclose(loop.batch_loss(other, batch)[0], loss)
+    other[:, value] += 1.0 * torch.nn.functional.one_hot(batch.ids[0, value + 1], len(tok))
+    assert loop.batch_loss(other, batch)[0] < loss
+    assert set(parts) == {"lm", "answer"}
 
 
 def test_mixture_rejects_unknown_formats(tok):
@@ -128,7 +159,8 @@ def test_each_arch_trains_on_a_learnable_batch(tok, arch):
     """A few AdamW steps on one fixed batch: every parameter gets a gradient and the loss falls."""
     hf = models.build_hf_model(arch, TINY, len(tok), tok.eos_token_id, seed=0)
     trainable = models.make_trainable(arch, hf)
-    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(tokens_per_batch=256), 0, lambda: 1)
+    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(
+        tokens_per_batch=256, mix={"plain": 1.0}, records={"plain": (1, 1)}), 0, lambda: 1.0)
     batch = stream.batch()
     opt = torch.optim.AdamW(trainable.params, lr=1e-2)
     losses = []
@@ -192,10 +224,12 @@ def test_mamba_training_scans_match_the_reference():
         return [y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C", "initial_state")]
 
     want = run(naive.selective_scan)
-    for scan in (models.selective_scan_as_gla, models.selective_scan_small_chunks):
+    two_level_5 = lambda **kw: models.selective_scan_two_level(**kw, chunk_size=5)  # noqa: E731
+    for scan in (models.selective_scan_as_gla, models.selective_scan_small_chunks, models.selective_scan_two_level,
+                 two_level_5):
         for name, got, ref in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), run(scan), want):
             err = ((got - ref).abs().max() / ref.abs().max()).item()  # fp32 sums in another order
-            assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (scan.__name__, name, err)
+            assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (scan, name, err)
     assert models.checked_mamba_scan("gla", torch.device("cpu")) == "gla"
 
 
@@ -205,25 +239,85 @@ def test_mamba_scan_check_falls_back_when_the_gla_form_fails(monkeypatch):
 
     monkeypatch.setattr(models, "selective_scan_as_gla", broken)
     said = []
-    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "reference"
+    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "two-level"
     assert "no kernel" in said[0]
 
 
+def test_mamba2_falls_back_to_the_reference_ssd_when_fla_refuses(monkeypatch):
+    """fla's Hopper/Triton guard (read statically: no compile) or a failing fla kernel -> ssd_chunked, logged; the
+    training forward then runs under reference_ops, whose SSD is ssd_chunked with autograd."""
+    said = []
+    monkeypatch.setattr(models, "fla_gated_backward_refusal", lambda: "fla refuses (test)")
+    monkeypatch.setattr(models, "_ssd_fla_error", lambda device: pytest.fail("no fla check after a refusal"))
+    assert models.checked_mamba2_ssd(torch.device("cuda"), log=said.append) == "reference"
+    assert "fla refuses (test)" in said[0] and "ssd_chunked" in said[0]
+
+    def broken(device):
+        raise RuntimeError("chunk_bwd_dqkwg refused")
+
+    monkeypatch.setattr(models, "fla_gated_backward_refusal", lambda: None)
+    monkeypatch.setattr(models, "_ssd_fla_error", broken)
+    assert models.checked_mamba2_ssd(torch.device("cuda"), log=said.append) == "reference"
+    assert "chunk_bwd_dqkwg refused" in said[1]
+    monkeypatch.setattr(models, "_ssd_fla_error", lambda device: 1e-4)
+    assert models.checked_mamba2_ssd(torch.device("cuda"), log=said.append) == "fla" and len(said) == 2
+    assert models.checked_mamba2_ssd(torch.device("cpu")) == "reference"
+
+
+def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
+    """What the launcher records and what the training forward runs: reference_ops for every recurrent model with
+    --train-ops reference (Mamba's scan two-level), fla's paths with fast (Mamba-2 only where fla's backward runs)."""
+    from jrt_prompt.ops import backend
+
+    hf = models.build_hf_model("mamba2", TINY, len(tok), tok.eos_token_id, seed=0)
+    trainable = models.make_trainable("mamba2", hf)
+    cuda = torch.device("cuda")
+    seen = []
+    for ops, ssd, forced in (("reference", "fla", True), ("fast", "reference", True), ("fast", "fla", False)):
+        trainable.ops, trainable.mamba2_ssd = ops, ssd
+        with models.training_paths(trainable, cuda):
+            seen.append(bool(backend.reference_forced()))
+        assert seen[-1] == forced, (ops, ssd)
+    trainable.arch = "mamba"
+    import jrt_prompt.layers.mamba as mamba_layer
+
+    with models.training_paths(trainable, cuda):
+        assert mamba_layer.selective_scan is models.selective_scan_two_level
+    assert mamba_layer.selective_scan is not models.selective_scan_two_level
+
+    trainable.arch = "mamba2"
+    args = train_recall.parse_args(["--arch", "mamba2", "--out", "x", "--train-ops", "fast"])
+    monkeypatch.setattr(models, "checked_mamba2_ssd", lambda device, log: (log("refused (test)"), "reference")[1])
+    chosen = train_recall.choose_training_ops(args, "mamba2", trainable, cuda, log=lambda m: None)
+    assert chosen["mamba2_ssd"] == "reference" and chosen["notes"] == ["refused (test)"]
+    args = train_recall.parse_args(["--arch", "mamba", "--out", "x", "--tokens-per-batch", "16384"])
+    trainable.arch = "mamba"
+    chosen = train_recall.choose_training_ops(args, "mamba", trainable, cuda, log=lambda m: None)
+    assert chosen["mamba_scan"] == "two-level" and chosen["ops"] == "reference" and args.tokens_per_batch == 8192
+
+
 def test_curriculum_grows_on_recall_and_with_time():
-    cfg = loop.TrainConfig(start_records=4, max_records=64)
+    cfg = loop.TrainConfig(start_level=0.25)
     cur = loop.Curriculum(cfg)
     batch = data.Batch(torch.zeros(4, 8, dtype=torch.long), torch.ones(4, 7, dtype=torch.bool),
                        torch.zeros(4, 7, dtype=torch.bool), torch.zeros(4, dtype=torch.long),
-                       ["jrt", "jrt", "plain", "jrt"], [4, 3, 8, 1])
-    for step in range(loop.Curriculum.WINDOW // 2):
-        assert cur.level == 4
-        cur.update(batch, [True, True, False, False], progress=0.1, step=step)
-    assert cur.level == 6  # rows 0 and 1 count (jrt, >= level / 2) and are right: grown by half
+                       torch.zeros(4, 7, dtype=torch.bool), ["jrt"] * 4, [4, 3, 8, 1], [8] * 4)
+    for step in range(loop.Curriculum.WINDOW // 4):
+        assert cur.level == 0.25
+        cur.update(batch, [True] * 4, progress=0.1, step=step)
+    assert cur.level == 0.375  # grown by half
     for step in range(200):
         cur.update(batch, [False] * 4, progress=0.1, step=step)
-    assert cur.level == 6
-    assert cur.update(batch, [False] * 4, progress=0.9, step=500) == 64  # the time floor
-    assert cur.floor(0.0) == 1 and cur.floor(cfg.floor_to) == 64
+    assert cur.level == 0.375
+    assert cur.update(batch, [False] * 4, progress=0.9, step=500) == 1.0  # the time floor
+    assert cur.floor(0.0) == 0.25 and cur.floor(cfg.floor_to) == 1.0
+    assert loop.Curriculum(loop.TrainConfig()).update(batch, [False] * 4, 0.0, 0) == 1.0  # default: off
+    levels = []
+    stream = data.BatchStream(data.SampleEncoder.__new__(data.SampleEncoder), data.MixtureConfig(
+        records={"plain": (2, 40), "jrt": (4, 64), "question_first": (4, 64)}), 0, lambda: levels[-1])
+    for level, top in ((0.1, 4), (0.5, 20), (1.0, 40)):
+        levels.append(level)
+        assert max(stream.row_records("plain") for _ in range(300)) == top
 
 
 # --------------------------------------------------------------------------- the command line end to end

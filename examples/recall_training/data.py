@@ -13,9 +13,15 @@ completion " value\\n" and EOS; question_first is the JRT prompt without its fir
 no leading blank line). ``FastTokenizer`` only memoises the tokeniser's answers for short strings and calls the
 Rust tokenizer directly; every ``check_every``-th sample is re-encoded with the real tokenizer and compared.
 
+Loss masks: rows of the formats in ``MixtureConfig.answer_only`` (default: jrt and question_first) are supervised on
+their completion only (the answer after the final question), so nothing rewards copying the document a second time;
+the other rows (plain) on every token. Each format draws its documents' record counts from its own range
+(``MixtureConfig.records``), so the rows that read the document after the question can be longer than the state can
+hold: then only keeping the asked-for fact on the second read answers them.
+
 Rows are right-padded (a causal model's outputs at real tokens do not depend on what follows, so the loss is that of
-the unpadded rows) to one of a few bucket lengths (fla autotunes per length); rows of a batch have about the same
-length, and the batch holds about ``tokens_per_batch`` tokens.
+the unpadded rows) to one of a few bucket lengths (fla autotunes per length). A batch is one format and one record
+count (rows of about the same length), and holds about ``tokens_per_batch`` tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from jrt_prompt.eval import synthetic
 from jrt_prompt.prompt import JRTPrompt, piece_ids
 
 FORMATS = synthetic.FORMATS  # plain, jrt, question_first
-DEFAULT_MIX = {"plain": 0.3, "jrt": 0.4, "question_first": 0.3}
+DEFAULT_MIX = {"plain": 0.4, "jrt": 0.3, "question_first": 0.3}
+DEFAULT_RECORDS = {"plain": (1, 32), "jrt": (4, 64), "question_first": (4, 64)}
+ANSWER_ONLY = ("jrt", "question_first")
 BUCKETS = (64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
@@ -72,6 +80,8 @@ class Sample:
     format: str
     records: int
     recall: tuple[int, int] | None = None  # [start, end) of a JRT row's second context copy: predictable tokens
+    loss_start: int = 0  # the first token whose prediction is in the next-token loss (answer_start: answer only)
+    more_values: tuple[int, ...] = ()  # indices of the values of follow-up questions (multi-question plain rows)
 
 
 class SampleEncoder:
@@ -105,15 +115,31 @@ class SampleEncoder:
     def completion_ids(self, value: str) -> list[int]:
         return self.fast(f" {value}\n")["input_ids"] + [self.eos]
 
-    def encode(self, fmt: str, doc: synthetic.Document, fact: synthetic.Fact) -> Sample:
+    def follow_up_ids(self, question: str) -> list[int]:
+        """A further question after an answer's newline: "\nQuestion: Q\nAnswer:" (a blank line before it)."""
+        return self.fast(f"\nQuestion: {question}\nAnswer:")["input_ids"]
+
+    def encode(self, fmt: str, doc: synthetic.Document, fact: synthetic.Fact, answer_only: bool = False,
+               more: tuple[synthetic.Fact, ...] = ()) -> Sample:
+        """One row; ``more`` (plain rows only) adds follow-up questions about the same document, each answered:
+        denser recall supervision, the first question still exactly as inference asks it."""
         prompt, n_context = self.prompt_ids(fmt, doc.text, fact.question)
         self._count += 1
         if self.check_every and self._count % self.check_every == 1:
             exact, _ = self.prompt_ids(fmt, doc.text, fact.question, tokenizer=self.tokenizer)
             if exact != prompt:
                 raise RuntimeError(f"memoised tokenisation differs from the tokenizer's for a {fmt} prompt")
-        recall = second_copy(prompt, n_context) if fmt == "jrt" else None
-        return Sample(prompt + self.completion_ids(fact.value), len(prompt), fmt, doc.records, recall)
+        recall = second_copy(prompt, n_context) if fmt == "jrt" and not answer_only else None
+        if more and fmt != "plain":
+            raise ValueError("follow-up questions are for plain rows only")
+        ids = prompt + self.completion_ids(fact.value)[:-1]
+        values = []
+        for extra in more:
+            ids += self.follow_up_ids(extra.question)
+            values.append(len(ids))
+            ids += self.completion_ids(extra.value)[:-1]
+        return Sample(ids + [self.eos], len(prompt), fmt, doc.records, recall, len(prompt) if answer_only else 0,
+                      tuple(values))
 
 
 def second_copy(ids: list[int], n_context: int) -> tuple[int, int]:
@@ -128,19 +154,21 @@ def second_copy(ids: list[int], n_context: int) -> tuple[int, int]:
 @dataclass
 class Batch:
     ids: torch.Tensor  # [B, L] long, right-padded with EOS
-    lm_mask: torch.Tensor  # [B, L - 1] bool: position t predicts ids[t + 1], a real token
+    lm_mask: torch.Tensor  # [B, L - 1] bool: position t predicts ids[t + 1], a real supervised token
     recall_mask: torch.Tensor  # [B, L - 1] bool: predictions of a JRT row's second context copy
-    value_pos: torch.Tensor  # [B] long: the position whose prediction is the value's first token
+    value_pos: torch.Tensor  # [B] long: the position whose prediction is the (first question's) value's first token
+    answer_mask: torch.Tensor  # [B, L - 1] bool: positions predicting any answer's value (follow-ups included)
     formats: list[str]
     records: list[int]
+    lengths: list[int] = field(default_factory=list)  # real tokens per row
 
     @property
     def tokens(self) -> int:
-        return int(self.lm_mask.sum()) + self.ids.shape[0]
+        return sum(self.lengths)
 
     def _map(self, fn) -> "Batch":
-        return Batch(fn(self.ids), fn(self.lm_mask), fn(self.recall_mask), fn(self.value_pos), self.formats,
-                     self.records)
+        return Batch(fn(self.ids), fn(self.lm_mask), fn(self.recall_mask), fn(self.value_pos), fn(self.answer_mask),
+                     self.formats, self.records, self.lengths)
 
     def pin_memory(self) -> "Batch":  # called by the DataLoader on CUDA machines
         return self._map(lambda t: t.pin_memory())
@@ -163,19 +191,27 @@ def collate(samples: list[Sample], pad_id: int, buckets: tuple[int, ...] = BUCKE
     lm = torch.zeros(len(samples), L - 1, dtype=torch.bool)
     recall = torch.zeros(len(samples), L - 1, dtype=torch.bool)
     value_pos = torch.zeros(len(samples), dtype=torch.long)
+    answers = torch.zeros(len(samples), L - 1, dtype=torch.bool)
     for i, s in enumerate(samples):
         n = len(s.ids)
         ids[i, :n] = torch.tensor(s.ids)
-        lm[i, :n - 1] = True
+        lm[i, max(0, s.loss_start - 1):n - 1] = True
         if s.recall is not None:
             recall[i, s.recall[0] - 1:s.recall[1] - 1] = True
         value_pos[i] = s.answer_start - 1
-    return Batch(ids, lm, recall, value_pos, [s.format for s in samples], [s.records for s in samples])
+        for v in (s.answer_start, *s.more_values):
+            answers[i, v - 1] = True
+    return Batch(ids, lm, recall, value_pos, answers, [s.format for s in samples], [s.records for s in samples],
+                 [len(s.ids) for s in samples])
 
 
 @dataclass
 class MixtureConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # records per document of each format, an inclusive range (uniform); the curriculum level caps the top
+    records: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_RECORDS))
+    answer_only: tuple[str, ...] = ANSWER_ONLY  # formats supervised on their answer only
+    plain_questions: int = 4  # questions per plain row (the first as inference asks it, then follow-ups)
     attributes: tuple[int, int] = (1, 3)  # per batch, uniform in this range: one-attribute records are plain copying,
     # easy examples that start the copy circuit recall builds on; the test documents have 3
     tokens_per_batch: int = 16384
@@ -184,23 +220,26 @@ class MixtureConfig:
 
 
 class BatchStream:
-    """An endless seeded stream of batches from the train split; ``level()`` gives the current largest record
-    count (the curriculum): half the batches draw records from [level/2, level], half from [1, level]; within a
-    batch, JRT rows have that many records and the other formats twice as many (see ``_row_records``); the number of
-    attributes per record is drawn per batch from ``config.attributes``."""
+    """An endless seeded stream of batches from the train split. Each batch: one format (drawn by the mix's weights),
+    one record count drawn uniformly from that format's range in ``config.records`` with its top capped by
+    ``level() / max level`` of the range (the curriculum; ``level`` returns a fraction in (0, 1]), and a number of
+    attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row."""
 
-    def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], int]):
+    def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], float]):
         if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
                 or sum(config.mix.values()) <= 0:
             raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
         lo, hi = config.attributes
         if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
             raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
+        for fmt, w in config.mix.items():
+            r = config.records.get(fmt)
+            if w > 0 and (r is None or not 1 <= r[0] <= r[1]):
+                raise ValueError(f"records: {fmt} needs a range lo-hi with 1 <= lo <= hi, got {r}")
         self.encoder, self.config, self.level = encoder, config, level
         self.rng = random.Random(f"recall-training:{seed}")
         self.seed = seed
         self._generators: dict[tuple[int, int], synthetic.Generator] = {}
-        self._lengths: dict[tuple[str, int, int], int] = {}
 
     def _generator(self, records: int, attributes: int) -> synthetic.Generator:
         key = (records, attributes)
@@ -210,38 +249,33 @@ class BatchStream:
                 questions=attributes * records)
         return self._generators[key]
 
-    def _records(self) -> int:
-        level = max(1, self.level())
-        lo = max(1, level // 2) if self.rng.random() < 0.5 else 1
-        return self.rng.randint(lo, level)
-
-    def _row_length(self, fmt: str, records: int, attributes: int) -> int:
-        """Tokens of one sample (every name, attribute and value is a fixed number of tokens: measured once)."""
-        key = (fmt, records, attributes)
-        if key not in self._lengths:
-            doc = self._generator(records, attributes).document()
-            self._lengths[key] = len(self.encoder.encode(fmt, doc, doc.asked[0]).ids)
-        return self._lengths[key]
-
-    def _row_records(self, fmt: str, records: int) -> int:
-        """A JRT row reads its document twice: the other formats get documents twice as long, so rows of one batch
-        have about the same length (little padding) and single reads are trained on the longer documents too."""
-        return records if fmt == "jrt" or self.config.mix.get("jrt", 0) <= 0 else 2 * records
+    def row_records(self, fmt: str) -> int:
+        lo, hi = self.config.records[fmt]
+        frac = min(1.0, max(0.0, float(self.level())))
+        top = max(lo, int(round(hi * frac)))
+        return self.rng.randint(lo, top)
 
     def batch(self) -> Batch:
-        n = self._records()
-        attributes = self.rng.randint(*self.config.attributes)
         formats, weights = list(self.config.mix), list(self.config.mix.values())
-        longest = max(self._row_length(f, self._row_records(f, n), attributes)
-                      for f, w in zip(formats, weights) if w > 0)
-        rows = max(1, min(self.config.max_batch, self.config.tokens_per_batch // bucket(longest, self.config.buckets)))
+        fmt = self.rng.choices(formats, weights)[0]
+        n = self.row_records(fmt)
+        attributes = self.rng.randint(*self.config.attributes)
+        answer_only = fmt in self.config.answer_only
         samples: list[Sample] = []
-        while len(samples) < rows:
-            fmt = self.rng.choices(formats, weights)[0]
-            doc = self._generator(self._row_records(fmt, n), attributes).document()
+        rows = None
+        while rows is None or len(samples) < rows:
+            doc = self._generator(n, attributes).document()
             # a few questions per document, each its own row (a fresh state, as at inference)
-            for fact in doc.asked[:max(1, min(4, rows - len(samples)))]:
-                samples.append(self.encoder.encode(fmt, doc, fact))
+            asked = doc.asked[:4 * self.config.plain_questions] if fmt == "plain" else doc.asked[:4]
+            per_row = self.config.plain_questions if fmt == "plain" else 1
+            for at in range(0, len(asked), per_row):
+                group = asked[at:at + per_row]
+                samples.append(self.encoder.encode(fmt, doc, group[0], answer_only, tuple(group[1:])))
+                if rows is None:
+                    length = bucket(len(samples[0].ids), self.config.buckets)
+                    rows = max(1, min(self.config.max_batch, self.config.tokens_per_batch // length))
+                if len(samples) >= rows:
+                    break
         return collate(samples, self.encoder.eos, self.config.buckets)
 
     def __iter__(self) -> Iterator[Batch]:

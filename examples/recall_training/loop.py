@@ -1,9 +1,10 @@
 """The timed training run: AdamW with warmup and a cosine over the time (or step) budget, bf16 autocast on CUDA, a record-count
 curriculum that grows when the model recalls, periodic logs, and a guard against parameters that get no gradient.
 
-Loss per batch = mean next-token loss over every real token + ``answer_weight`` x mean loss of the answers' values +
-``recall_weight`` x mean loss over the second context copies of JRT rows (every name and value there is predictable
-from the first read: recall supervision on every fact, as associative-recall training asks every key).
+Loss per batch = mean next-token loss over the supervised tokens (every real token of plain rows, the answer only of
+JRT and question-first rows: see data.py) + ``answer_weight`` x mean loss of the answers' values +
+``recall_weight`` x mean loss over the second context copies of JRT rows (off by default: it rewards copying the
+document, not selecting from it; it needs those rows supervised on every token, i.e. not answer-only).
 """
 
 from __future__ import annotations
@@ -32,49 +33,47 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     answer_weight: float = 1.0
-    recall_weight: float = 1.0
-    start_records: int = 1
-    max_records: int = 64
-    grow_at: float = 0.8  # value accuracy of JRT rows near the current level that grows the curriculum
+    recall_weight: float = 0.0
+    start_level: float = 1.0  # the curriculum: the fraction of each format's largest record count in use (1: off)
+    grow_at: float = 0.8  # rolling value accuracy that grows the level by half
     floor_from: float = 0.45  # from this fraction of the time budget, the level is at least a floor that rises
-    floor_to: float = 0.8  # geometrically to max_records at this fraction
+    floor_to: float = 0.8  # geometrically to 1 at this fraction
     log_every_s: float = 30.0
     workers: int = 2  # data-loader processes (0: in this process)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 
 class Curriculum:
-    """The largest record count of JRT rows (other formats get twice as many). Grows by half when the rolling value
-    accuracy of JRT rows with at least level/2 records reaches ``grow_at``, and never stays below the time floor."""
+    """The fraction (0, 1] of each format's largest record count that batches draw from. Grows by half when the
+    rolling value accuracy of the rows reaches ``grow_at``, and never stays below the time floor."""
 
     WINDOW = 512
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.level = min(config.start_records, config.max_records)
+        self.level = min(1.0, max(1e-3, config.start_level))
         self.recent: deque[bool] = deque(maxlen=self.WINDOW)
-        self.grown_at: list[tuple[int, int]] = []  # (step, new level)
+        self.grown_at: list[tuple[int, float]] = []  # (step, new level)
 
-    def floor(self, progress: float) -> int:
+    def floor(self, progress: float) -> float:
         c = self.config
+        start = min(1.0, max(1e-3, c.start_level))
         if progress <= c.floor_from:
-            return 1
+            return start
         f = min(1.0, (progress - c.floor_from) / max(1e-9, c.floor_to - c.floor_from))
-        return int(round(c.start_records * (c.max_records / c.start_records) ** f))
+        return start ** (1 - f)
 
-    def update(self, batch: Batch, value_correct: list[bool], progress: float, step: int) -> int:
+    def update(self, batch: Batch, value_correct: list[bool], progress: float, step: int) -> float:
         level = self.level
-        use_all = "jrt" not in set(batch.formats)
-        for fmt, records, ok in zip(batch.formats, batch.records, value_correct):
-            if (use_all or fmt == "jrt") and records >= max(1, level // 2):
-                self.recent.append(ok)
-        if len(self.recent) == self.WINDOW and sum(self.recent) / self.WINDOW >= self.config.grow_at:
-            level = max(level + 1, int(math.ceil(level * 1.5)))
-            self.recent.clear()
-        level = min(self.config.max_records, max(level, self.floor(progress)))
+        if level < 1.0:
+            self.recent.extend(value_correct)
+            if len(self.recent) == self.WINDOW and sum(self.recent) / self.WINDOW >= self.config.grow_at:
+                level = level * 1.5
+                self.recent.clear()
+        level = min(1.0, max(level, self.floor(progress)))
         if level != self.level:
             self.level = level
-            self.grown_at.append((step, level))
+            self.grown_at.append((step, round(level, 4)))
         return self.level
 
 
@@ -112,7 +111,7 @@ def lr_at(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def batch_loss(logits: torch.Tensor, batch: Batch, answer_weight: float = 1.0, recall_weight: float = 1.0):
+def batch_loss(logits: torch.Tensor, batch: Batch, answer_weight: float = 1.0, recall_weight: float = 0.0):
     """(loss, {lm, answer, recall} losses as tensors, per-row value correct) for logits [B, L, V] of ``batch``."""
     logits = logits[:, :-1]
     real = batch.lm_mask
@@ -120,9 +119,10 @@ def batch_loss(logits: torch.Tensor, batch: Batch, answer_weight: float = 1.0, r
     rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
     value_logits = logits[rows, batch.value_pos].float()
     value_targets = batch.ids[rows, batch.value_pos + 1]
-    parts = {"lm": ce.mean(), "answer": F.cross_entropy(value_logits, value_targets)}
+    answers = batch.answer_mask[real]  # every answer's value, follow-up questions included
+    parts = {"lm": ce.mean(), "answer": ce[answers].mean()}
     loss = parts["lm"] + answer_weight * parts["answer"]
-    if "jrt" in batch.formats:  # known on the host: no sync
+    if recall_weight and "jrt" in batch.formats:  # known on the host: no sync
         parts["recall"] = ce[batch.recall_mask[real]].mean()
         loss = loss + recall_weight * parts["recall"]
     return loss, parts, value_logits.argmax(-1) == value_targets
@@ -144,7 +144,7 @@ class TrainResult:
     tokens: int = 0
     skipped_steps: int = 0
     stopped: str = "time"  # time | max_steps | diverged
-    level: int = 0
+    level: float = 0.0
     curriculum: list = field(default_factory=list)
     history: list = field(default_factory=list)
     final: dict = field(default_factory=dict)  # last log line
@@ -173,8 +173,8 @@ class _Meter:
             hit[0] += ok
             hit[1] += 1
 
-    def line(self, step: int, elapsed: float, level: int, lr: float, seconds: float) -> dict:
-        return {"step": step, "time_s": round(elapsed, 1), "level": level, "lr": round(lr, 6),
+    def line(self, step: int, elapsed: float, level: float, lr: float, seconds: float) -> dict:
+        return {"step": step, "time_s": round(elapsed, 1), "level": round(level, 4), "lr": round(lr, 6),
                 "loss": round(self.loss / max(1, self.n), 4),
                 **{f"{k}_loss": round(v[0] / v[1], 4) for k, v in sorted(self.parts.items())},
                 "tokens_per_s": round(self.tokens / max(seconds, 1e-9)),
@@ -187,7 +187,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     torch.manual_seed(seed)
     budget = config.minutes * 60.0
     curriculum = Curriculum(config)
-    level = mp.Value("i", curriculum.level)
+    level = mp.Value("d", curriculum.level)
     vocab_rows = trainable.hf_model.get_input_embeddings().weight.shape[0]
     opt = torch.optim.AdamW(param_groups(trainable, config.weight_decay, vocab_rows), lr=config.lr,
                             betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
@@ -263,5 +263,5 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
 def _format(arch: str, line: dict) -> str:
     acc = " ".join(f"{k}={v:.2f}" for k, v in line["value_acc"].items())
     parts = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in line.items() if k.endswith("_loss"))
-    return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s level {line['level']} loss {line['loss']:.3f} "
+    return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s level {line['level']:.2f} loss {line['loss']:.3f} "
             f"({parts}) value acc {acc} {line['tokens_per_s'] / 1000:.0f}k tok/s lr {line['lr']:.2e}")

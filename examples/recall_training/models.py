@@ -6,11 +6,14 @@ MambaForCausalLM and Mamba2ForCausalLM (transformers), GLAForCausalLM (fla), Lla
 baseline). The recurrent ones train through ``jrt_prompt``'s RecurrentLM over the very same parameter storage
 (``wrap``'s adapters), because its layers have the fast training paths this machine lacks elsewhere:
 
-- GLA and Mamba-2 on CUDA: fla's chunk kernels (``chunk_gla``, ``chunk_simple_gla``), differentiable;
-- Mamba on CUDA: the selective scan written as gated linear attention (``selective_scan_as_gla``), so fla's
-  ``chunk_gla`` runs it; transformers' Mamba without mamba-ssm loops over time in Python, and our chunked
-  reference builds [B, t, t, C, N] tensors per chunk that autograd would keep for the whole sequence;
-- Based: the PyTorch references (``reference_ops``): its Triton prefill kernel has no backward.
+- by default (``ops="reference"``) every recurrent model trains on CUDA through the PyTorch references
+  (``reference_ops``): nothing to compile or autotune, so five runs sharing a GPU start training within seconds
+  (fla's kernels spent minutes compiling and autotuning per shape in the last run); Mamba's scan through
+  ``selective_scan_two_level`` (exact, no [B, t, t, C, N] pair tensors), Mamba-2 through ``ssd_chunked``;
+- with ``ops="fast"``: fla's chunk kernels for GLA (``chunk_gla``) and Mamba-2 (``chunk_simple_gla``, unless fla
+  refuses its gated backward here: then ``ssd_chunked``, see ``checked_mamba2_ssd``), Mamba's scan as gated linear
+  attention (``selective_scan_as_gla``, checked against the reference first);
+- Based: always the references: its Triton prefill kernel has no backward.
 """
 
 from __future__ import annotations
@@ -148,24 +151,38 @@ def count_parameters(model: nn.Module) -> int:
 @dataclass
 class Trainable:
     """What the training loop needs: logits for token ids (no state), the distinct parameters to optimise, the HF
-    model to save, and the RecurrentLM (None for the attention baseline)."""
+    model to save, and the RecurrentLM (None for the attention baseline). On CUDA, ``ops`` picks the training
+    kernels (see ``training_paths``)."""
 
     arch: str
     hf_model: nn.Module
     lm: nn.Module | None
     params: list[nn.Parameter] = field(default_factory=list)
-    mamba_scan: str = "gla"  # Mamba on CUDA: "gla" (selective_scan_as_gla) or "reference"
+    ops: str = "reference"  # CUDA: "reference" (PyTorch only: no Triton compile or autotune) or "fast" (fla)
+    mamba_scan: str = "two-level"  # Mamba: "two-level" (PyTorch), "gla" (fla's chunk_gla), "small-chunks"
+    mamba2_ssd: str = "reference"  # Mamba-2 with ops="fast": "fla" (chunk_simple_gla) or "reference" (ssd_chunked)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         if self.lm is None:
             return self.hf_model(input_ids=ids, use_cache=False).logits
-        with training_paths(self.arch, ids.device, self.mamba_scan):
+        with training_paths(self, ids.device):
             return self.lm(ids)[0]
 
     def train(self, mode: bool = True) -> None:
         self.hf_model.train(mode)
         if self.lm is not None:
             self.lm.train(mode)
+
+    def describe(self) -> dict:
+        """The training kernels, for results.json."""
+        if self.lm is None:
+            return {"ops": "transformers"}
+        out = {"ops": self.ops}
+        if self.arch == "mamba":
+            out["mamba_scan"] = self.mamba_scan
+        if self.arch == "mamba2":
+            out["mamba2_ssd"] = "reference" if self.ops == "reference" else self.mamba2_ssd
+        return out
 
 
 def retie(module: nn.Module) -> None:
@@ -199,29 +216,37 @@ def make_trainable(arch: str, hf_model: nn.Module) -> Trainable:
     return Trainable(arch, hf_model, lm, list(lm.parameters()))
 
 
+MAMBA_SCANS = ("two-level", "gla", "small-chunks")
+
+
 @contextlib.contextmanager
-def training_paths(arch: str, device: torch.device, mamba_scan: str = "gla"):
-    """Pick the differentiable kernels for a training forward on ``device`` (see the module docstring)."""
+def training_paths(trainable: Trainable, device: torch.device):
+    """The differentiable kernels of a training forward on ``device`` (see the module docstring). On CUDA with
+    ``ops="reference"`` every op runs its PyTorch reference (``reference_ops``: nothing to compile or autotune, so
+    training starts at once; these models are small), Mamba's scan as ``selective_scan_two_level``. With
+    ``ops="fast"``: fla's kernels for GLA, Mamba-2 (unless ``mamba2_ssd`` is "reference": fla refuses its gated
+    backward on some GPU/Triton pairs) and Mamba's scan as GLA (``mamba_scan="gla"``). Based always trains through
+    its references (its Triton prefill kernel has no backward). CPU: the layers' own (reference) paths."""
+    from jrt_prompt.ops.backend import reference_ops
+
+    arch = trainable.arch
     if device.type != "cuda":
         yield
         return
-    if arch == "based":
-        from jrt_prompt.ops.backend import reference_ops
-
-        with reference_ops():
+    reference = arch == "based" or trainable.ops == "reference" or (arch == "mamba2" and trainable.mamba2_ssd != "fla")
+    with reference_ops(True) if reference else contextlib.nullcontext():
+        if arch != "mamba":
             yield
-        return
-    if arch == "mamba":
+            return
         import jrt_prompt.layers.mamba as mamba_layer
 
         original = mamba_layer.selective_scan
-        mamba_layer.selective_scan = selective_scan_as_gla if mamba_scan == "gla" else selective_scan_small_chunks
+        mamba_layer.selective_scan = {"gla": selective_scan_as_gla, "small-chunks": selective_scan_small_chunks}.get(
+            trainable.mamba_scan, selective_scan_two_level)
         try:
             yield
         finally:
             mamba_layer.selective_scan = original
-        return
-    yield
 
 
 def selective_scan_as_gla(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -259,6 +284,52 @@ def selective_scan_as_gla(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return y.to(u.dtype), h[..., 0].float()
 
 
+def selective_scan_two_level(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                             initial_state=None, mask=None, chunk_size=None):
+    """Mamba's selective scan in plain PyTorch for training (autograd), exact and memory-lean: the sequence is cut
+    into chunks of ``chunk_size`` (default about sqrt(L)) tokens; (1) every chunk runs the recurrence from a zero
+    state, all chunks at once (chunk_size steps over [B, chunks, C, N]); (2) the states at chunk ends are carried
+    across chunks (L / chunk_size steps over [B, C, N]); (3) each token adds its chunk's incoming state, decayed.
+    Every decay factor is exp of a sum of non-positive terms, so nothing overflows. Autograd keeps a few
+    [B, L, C, N] tensors per layer (no [B, t, t, C, N] pair tensors): no Triton, so it starts at once."""
+    from jrt_prompt.ops.selective_scan import prepare_dt
+
+    batch, length, channels = u.shape
+    n = A.shape[-1]
+    dt = prepare_dt(delta, delta_bias, delta_softplus, mask=mask)  # [B, L, C] float32
+    T = chunk_size or max(4, int(round(length ** 0.5)))
+    chunks = -(-length // T)
+    pad = chunks * T - length
+    a = dt[..., None] * A.float()  # [B, L, C, N] log-decay, <= 0
+    x = (dt * u.float())[..., None] * B.float()[:, :, None, :]  # [B, L, C, N] input
+    if pad:
+        a, x = F.pad(a, (0, 0, 0, 0, 0, pad)), F.pad(x, (0, 0, 0, 0, 0, pad))
+    a = a.view(batch, chunks, T, channels, n)
+    x = x.view(batch, chunks, T, channels, n)
+    cum = a.cumsum(2)  # log-decay from each chunk's start through t
+    local, h = [], torch.zeros_like(x[:, :, 0])
+    for t in range(T):  # (1) inside every chunk at once, from zero
+        h = a[:, :, t].exp() * h + x[:, :, t]
+        local.append(h)
+    local = torch.stack(local, 2)  # [B, chunks, T, C, N]
+    carry = (initial_state.float() if initial_state is not None
+             else u.new_zeros(batch, channels, n, dtype=torch.float32))
+    incoming = []
+    for k in range(chunks):  # (2) across chunks
+        incoming.append(carry)
+        carry = cum[:, k, -1].exp() * carry + local[:, k, -1]
+    states = local + cum.exp() * torch.stack(incoming, 1)[:, :, None]  # (3)
+    states = states.view(batch, chunks * T, channels, n)[:, :length]
+    y = (states * C.float()[:, :, None, :]).sum(-1)
+    if D is not None:
+        y = y + u.float() * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    if mask is not None:
+        y = y * mask[..., None]
+    return y.to(u.dtype), carry
+
+
 def selective_scan_small_chunks(*args, **kwargs):
     """The reference scan in chunks of 2 tokens: what autograd keeps is [B, L, 2, C, N], not 16 times that (slow:
     the fallback when the GLA form is not available)."""
@@ -268,19 +339,76 @@ def selective_scan_small_chunks(*args, **kwargs):
 
 
 def checked_mamba_scan(choice: str, device: torch.device, log=print) -> str:
-    """``choice`` if it is "reference", or if ``selective_scan_as_gla`` runs and matches the reference scan (values
-    and gradients) on ``device``; else "reference" (``selective_scan_small_chunks``), with a log line saying why."""
+    """``choice`` if it is not "gla", or if ``selective_scan_as_gla`` runs and matches the reference scan (values
+    and gradients) on ``device``; else "two-level" (``selective_scan_two_level``), with a log line saying why.
+    On CUDA the check compiles and autotunes fla's kernels for its shapes (minutes with other jobs compiling)."""
     if choice != "gla":
         return choice
     try:
         worst = _gla_scan_error(device)
     except Exception as e:  # noqa: BLE001 - an unattended run falls back instead of failing
-        log(f"Mamba scan as GLA failed ({type(e).__name__}: {e}): training with the reference scan (slow)")
-        return "reference"
+        log(f"Mamba scan as GLA failed ({type(e).__name__}: {e}): training with the two-level PyTorch scan")
+        return "two-level"
     if not worst < 2e-2:  # fla may use TF32 dots on fp32 inputs; a wrong mapping is off by far more
-        log(f"Mamba scan as GLA differs from the reference by {worst:.2e} (relative): training with the reference")
-        return "reference"
+        log(f"Mamba scan as GLA differs from the reference by {worst:.2e} (relative): training with the two-level "
+            "PyTorch scan")
+        return "two-level"
     return "gla"
+
+
+def fla_gated_backward_refusal() -> str | None:
+    """Why fla's gated chunk backward (``chunk_bwd_dqkwg`` with g, which Mamba-2's ``chunk_simple_gla`` backward
+    calls) refuses to run here, read from fla's own guard (fla 0.6.0: Hopper with 3.4.0 <= Triton < 3.7.1, "#640");
+    None when it would run."""
+    try:
+        from fla.ops.common import chunk_o
+    except Exception as e:  # noqa: BLE001
+        return f"fla's chunk kernels do not import ({type(e).__name__}: {e})"
+    if getattr(chunk_o, "IS_NVIDIA_HOPPER", False) and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False) \
+            and not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True):
+        import triton
+
+        return (f"fla refuses its gated chunk backward on Hopper with Triton {triton.__version__} (needs >= 3.7.1, "
+                "fla #640)")
+    return None
+
+
+def checked_mamba2_ssd(device: torch.device, log=print) -> str:
+    """"fla" when fla's ``chunk_simple_gla`` runs forward and backward on ``device`` and matches ``ssd_chunked``;
+    else "reference" (``jrt_prompt.ops.ssd.ssd_chunked``, plain PyTorch under autograd), with a log line saying
+    why. fla's own Hopper/Triton guard is read first, so a refused backward costs no compile."""
+    if device.type != "cuda":
+        return "reference"
+    why = fla_gated_backward_refusal()
+    if why is None:
+        try:
+            worst = _ssd_fla_error(device)
+            if not worst < 2e-2:
+                why = f"fla's SSD differs from the reference by {worst:.2e} (relative)"
+        except Exception as e:  # noqa: BLE001 - an unattended run falls back instead of failing
+            why = f"fla's SSD failed ({type(e).__name__}: {e})"
+    if why is None:
+        return "fla"
+    log(f"Mamba-2: {why}: training with the reference chunked SSD (jrt_prompt.ops.ssd.ssd_chunked)")
+    return "reference"
+
+
+def _ssd_fla_error(device: torch.device) -> float:
+    """Largest relative difference (outputs, state, gradients) between fla's SSD and ``ssd_chunked``."""
+    from jrt_prompt.ops.ssd import ssd_chunked, ssd_fla
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shapes = dict(x=(2, 150, 4, 32), dt=(2, 150, 4), B=(2, 150, 1, 32), C=(2, 150, 1, 32), D=(4,), dt_bias=(4,))
+    inputs = {k: torch.randn(*s, generator=g).to(device) for k, s in shapes.items()}
+    A = -torch.rand(4, generator=g).to(device) * 4
+    outs = []
+    for fn in (ssd_chunked, ssd_fla):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        y, h = fn(leaves["x"], leaves["dt"], A, leaves["B"], leaves["C"], leaves["D"], dt_bias=leaves["dt_bias"])
+        (y.float().square().sum() + h.sum()).backward()
+        outs.append([y, h] + [leaves[k].grad for k in ("x", "dt", "B", "C")])
+    return max(((a.float() - b.float()).abs().max() / (b.float().abs().max() + 1e-6)).item()
+               for a, b in zip(outs[1], outs[0]))
 
 
 def _gla_scan_error(device: torch.device) -> float:
