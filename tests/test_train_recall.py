@@ -450,3 +450,23 @@ def test_gpu_training_forward_matches_the_reference_and_reaches_every_parameter(
         ref = trainable.lm(ids)[0]
     err = (fast.float() - ref.float()).abs().max() / ref.abs().max()
     assert err < 5e-2, f"{arch}: bf16 training logits differ from the reference by {err:.3e} (relative)"
+
+
+@pytest.mark.gpu
+def test_gpu_training_ops_start_without_fla_and_mamba2_choice_is_logged():
+    """The default (reference) training kernels need no compile; --train-ops fast on Mamba-2 either runs fla's SSD
+    (it matched ssd_chunked) or names why it fell back."""
+    said = []
+    choice = models.checked_mamba2_ssd(torch.device("cuda"), log=said.append)
+    assert choice == "fla" and not said or choice == "reference" and "ssd_chunked" in said[0]
+    g = torch.Generator().manual_seed(0)
+    b, L, C, N = 2, 300, 64, 16
+    args = dict(u=torch.randn(b, L, C, generator=g), delta=torch.randn(b, L, C, generator=g),
+                A=-torch.rand(C, N, generator=g) * 6, B=torch.randn(b, L, N, generator=g),
+                C=torch.randn(b, L, N, generator=g), D=torch.randn(C, generator=g), z=torch.randn(b, L, C, generator=g),
+                delta_bias=torch.randn(C, generator=g))
+    from jrt_prompt.ops.selective_scan import naive
+
+    ref, _ = naive.selective_scan(**args)
+    got, _ = models.selective_scan_two_level(**{k: v.cuda() for k, v in args.items()})
+    assert ((got.cpu() - ref).abs().max() / ref.abs().max()).item() < 1e-4
