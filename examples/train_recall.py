@@ -32,13 +32,15 @@ GPU run-book (one H100; torch 2.11, Triton 3.6, fla 0.6.0). First the GPU checks
 
 then all five architectures and the demo-sized Based model at the same time, on the one GPU:
 
-    python examples/train_recall.py --arch all --parallel --minutes 5.5 --eval-minutes 1.5 --eval-ops reference \
-        --deadline-minutes 8.5 --out $OUT/recall &
-    python examples/train_recall.py --arch based --d-model 256 --minutes 5.5 --eval-minutes 1.5 --out $OUT/demo
+    python examples/train_recall.py --arch all --parallel --minutes 5.5 --eval-minutes 1.2 --eval-ops reference \
+        --start-level 0.25 --deadline-minutes 8.5 --out $OUT/recall &
+    python examples/train_recall.py --arch based --d-model 256 --minutes 5.5 --eval-minutes 1.2 --start-level 0.25 \
+        --out $OUT/demo
     wait; python examples/train_recall.py --summarize $OUT/recall $OUT/demo --write $OUT/RESULTS.md
 
-Expected wall time: about 8 minutes (under 30 s of start-up, 5.5 of training, saving, up to 1.5 of evaluation plus
-its last size; the launcher stops any child still running 8.5 minutes after the launch and prints the table).
+Expected wall time: about 8 minutes (start-up without compiling: imports and tokenizer, well under a minute; 5.5
+of training; saving; 1.2 of evaluation, a size already started may run up to 60 s over; the launcher stops any
+child still running 8.5 minutes after the launch and prints the table). Not yet run on a GPU with these settings.
 Results: $OUT/recall/<arch>/results.json (arch: based, mamba, mamba2, gla, llama; train.log and the checkpoint
 beside it), $OUT/recall/RESULTS.md (the table), $OUT/demo/results.json (+ checkpoint; ``--export-demo $OUT/demo``
 makes it the package's demo).
