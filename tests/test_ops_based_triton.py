@@ -203,6 +203,26 @@ def check_variant_choice():
             raise AssertionError(f"config {bad!r} must raise")
 
 
+def check_wide_batches_take_the_two_pass_kernel():
+    """At least WIDE_MIN_PAIRS (batch, head) pairs run WIDE_VARIANT (unless a variant is pinned), fewer the default;
+    both match the reference."""
+    tc, _ = _ops()
+    seen = []
+    real = tc.variant_named
+    tc.variant_named = lambda name=None: seen.append(real(name).name) or real(name)
+    try:
+        for B, H in ((tc.WIDE_MIN_PAIRS // 16, 16), (1, 2)):
+            q, k, v = inputs(B, 20, H, 16, seed=B)
+            o, (kv, z) = tc.taylor_linear_attention(q, k, v)
+            ro, (rkv, rz) = reference(q, k, v)
+            assert rel(o, ro) < 1e-5 and rel(kv, rkv) < 1e-5, (B, H, rel(o, ro))
+    finally:
+        tc.variant_named = real
+    expected_small = os.environ.get(tc.VARIANT_ENV, tc.DEFAULT_VARIANT)
+    expected_wide = os.environ.get(tc.VARIANT_ENV, tc.WIDE_VARIANT)
+    assert seen == [expected_wide, expected_small], seen
+
+
 def check_split_point_equality():
     tc, _ = _ops()
     q, k, v = inputs(2, 150, 2, 32, seed=4)
