@@ -39,7 +39,7 @@ def make(batch=2, heads=4, head_dim=8, d_state=16, groups=2, K=4, bias=True, nor
         return (torch.randn(*shape, generator=g) * scale).to(device)
 
     p = dict(conv_weight=r(conv_dim, K, scale=0.5).to(dtype), conv_bias=r(conv_dim, scale=0.1).to(dtype) if bias else None,
-             A=-torch.exp(r(heads, scale=0.5)).float(), D=(r(heads, head_dim) if D_per_channel else r(heads)).to(dtype),
+             A_log=r(heads, scale=0.5).float(), D=(r(heads, head_dim) if D_per_channel else r(heads)).to(dtype),
              dt_bias=r(heads, scale=0.5).to(dtype), norm_weight=(1 + r(d_inner, scale=0.1)).to(dtype) if norm else None)
     conv_state = r(batch, K - 1, conv_dim).to(dtype)
     ssm_state = r(batch, heads, head_dim, d_state, scale=0.3).float()
@@ -56,7 +56,7 @@ def compare(kernel_fn, reference_fn, *, groups=2, tol=1e-5, state_tol=None, norm
         out = {}
         for name, fn in (("k", kernel_fn), ("r", reference_fn)):
             cs, ss = states[name]
-            out[name] = fn(zx, cs, p["conv_weight"], p["conv_bias"], ss, p["A"], p["D"], p["dt_bias"],
+            out[name] = fn(zx, cs, p["conv_weight"], p["conv_bias"], ss, p["A_log"], p["D"], p["dt_bias"],
                            p["norm_weight"], **kw)
         (kc, ks), (rc, rs) = states["k"], states["r"]
         assert out["k"].dtype == out["r"].dtype == zx.dtype and out["k"].shape == out["r"].shape
@@ -98,7 +98,7 @@ def check_errors():
     k, _ = _kernel()
     p, cs, ss, tokens = make()
     args = (p["conv_weight"], p["conv_bias"])
-    rest = (p["A"], p["D"], p["dt_bias"], p["norm_weight"])
+    rest = (p["A_log"], p["D"], p["dt_bias"], p["norm_weight"])
     for bad, why in ((lambda: k(tokens[0][:, :-1], cs, *args, ss, *rest, n_groups=2), "zxbcdt"),
                      (lambda: k(tokens[0], cs, *args, ss.double(), *rest, n_groups=2), "float32"),
                      (lambda: k(tokens[0], cs, *args, ss, *rest, n_groups=3), "G = 3")):
@@ -134,9 +134,9 @@ def test_dispatch_takes_reference_on_cpu_and_under_grad():
     """On CPU (and whenever a gradient is needed) the op is the reference, whatever Triton can do."""
     from jrt_prompt.ops.mamba2_step import mamba2_step, naive
     p, cs, ss, tokens = make()
-    a = mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A"], p["D"],
+    a = mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A_log"], p["D"],
                     p["dt_bias"], p["norm_weight"], n_groups=2)
-    b = naive.mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A"], p["D"],
+    b = naive.mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A_log"], p["D"],
                           p["dt_bias"], p["norm_weight"], n_groups=2)
     assert torch.equal(a, b)
 
@@ -173,7 +173,7 @@ def test_gpu_370m_shape(batch):
 def test_gpu_graph_capture():
     k, _ = _kernel()
     p, cs, ss, tokens = make(device="cuda", dtype=torch.bfloat16)
-    args = (p["conv_weight"], p["conv_bias"], p["A"], p["D"], p["dt_bias"], p["norm_weight"])
+    args = (p["conv_weight"], p["conv_bias"], p["A_log"], p["D"], p["dt_bias"], p["norm_weight"])
 
     def run(zx, c, s):
         return k(zx, c, args[0], args[1], s, *args[2:], n_groups=2)

@@ -103,7 +103,7 @@ class Mamba2Mixer(nn.Module):
         # dt_limit clamps here too, unlike mamba_ssm's own step (the same for the released (0, inf) limit).
         norm = self.norm
         y = mamba2_step(self.in_proj(u), state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
-                        -torch.exp(self.A_log.float()), self._skip_weight(), self.dt_bias,
+                        self.A_log, self._skip_weight(), self.dt_bias,
                         norm.weight if norm is not None else None, n_groups=self.n_groups, act=self.act,
                         dt_limit=self.dt_limit, norm_eps=norm.eps if norm is not None else 1e-5,
                         norm_before_gate=norm.norm_before_gate if norm is not None else False)

@@ -18,12 +18,12 @@ from .naive import gated_rms_norm
 FAST_STEP = "jrt_prompt.ops.mamba2_step.triton_step"
 
 
-def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, norm_weight, *,
+def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, *,
                 n_groups: int, act=F.silu, dt_limit=naive.NO_LIMIT, norm_eps: float = 1e-5,
                 norm_before_gate: bool = False) -> torch.Tensor:
     """See ``naive.mamba2_step``: zxbcdt [B, 2 d_inner + 2 G N + H] -> [B, d_inner]."""
     kw = dict(n_groups=n_groups, act=act, dt_limit=dt_limit, norm_eps=norm_eps, norm_before_gate=norm_before_gate)
-    tensors = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, norm_weight)
+    tensors = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if act is F.silu and not grad and use_fast_path(*tensors) and importable(FAST_STEP):
         return importlib.import_module(FAST_STEP).mamba2_step(*tensors, **kw)

@@ -33,11 +33,12 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None
     return h.to(y.dtype)
 
 
-def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, norm_weight, *,
+def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, *,
                 n_groups: int, act=F.silu, dt_limit=NO_LIMIT, norm_eps: float = 1e-5,
                 norm_before_gate: bool = False) -> torch.Tensor:
     """zxbcdt [B, 2 d_inner + 2 G N + H] (in_proj's output); conv_state [B, K-1, d_inner + 2 G N];
-    conv_weight [d_inner + 2 G N, K]; ssm_state [B, H, P, N] float32; A [H] (negative); D [H] or [H, P];
+    conv_weight [d_inner + 2 G N, K]; ssm_state [B, H, P, N] float32; A_log [H] (A = -exp(A_log));
+    D [H] or [H, P];
     dt_bias [H]; norm_weight [d_inner] or None. Both states are updated in place.
     Returns [B, d_inner] in zxbcdt's dtype: what out_proj reads."""
     batch, heads, head_dim, d_state = ssm_state.shape
@@ -46,6 +47,7 @@ def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_
     z, xBC, dt = zxbcdt.split([d_inner, conv_dim, heads], dim=-1)
     xBC = act(causal_conv1d_step(xBC, conv_weight, conv_bias, conv_state))
     x, B, C = xBC.split([d_inner, n_groups * d_state, n_groups * d_state], dim=-1)
+    A = -torch.exp(A_log.float())
     y = ssd_state_update(ssm_state, x.unflatten(-1, (heads, head_dim)), dt, A, B.unflatten(-1, (n_groups, d_state)),
                          C.unflatten(-1, (n_groups, d_state)), D, dt_bias=dt_bias, dt_limit=dt_limit)
     return gated_rms_norm(y.flatten(-2), z, norm_weight, d_inner // n_groups, norm_eps, norm_before_gate)

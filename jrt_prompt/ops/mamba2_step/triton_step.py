@@ -68,7 +68,7 @@ def _shift4(cs_ptr, stride_k, ch, x_new, s1, s2, mask, K_: tl.constexpr):
 
 @triton.jit
 def _step_kernel(
-    zx_ptr, cs_ptr, w_ptr, cb_ptr, s_ptr, A_ptr, D_ptr, dtb_ptr, g_ptr, sq_ptr,
+    zx_ptr, cs_ptr, w_ptr, cb_ptr, s_ptr, Alog_ptr, D_ptr, dtb_ptr, g_ptr, sq_ptr,
     H, P, N, G, d_inner, conv_dim, K, heads_per_group, n_pblocks,
     stride_zx, stride_cs_b, stride_cs_k, stride_s_b, stride_s_h, stride_s_p, stride_g, D_stride_h, D_stride_p,
     dt_min, dt_max,
@@ -117,7 +117,7 @@ def _step_kernel(
     dt = tl.load(zx + d_inner + conv_dim + h).to(tl.float32) + tl.load(dtb_ptr + h).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
     dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-    decay = tl.exp(dt * tl.load(A_ptr + h).to(tl.float32))
+    decay = tl.exp(-dt * tl.exp(tl.load(Alog_ptr + h).to(tl.float32)))  # A = -exp(A_log)
 
     sp = s_ptr + b * stride_s_b + h * stride_s_h + offs_p[:, None] * stride_s_p + offs_n[None, :]
     smask = pmask[:, None] & nmask[None, :]
@@ -184,7 +184,7 @@ def _norm_kernel(
             _shift4(cs, stride_cs_k, ch, x_new, s1, s2, nmask, K_)
 
 
-def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_bias, norm_weight, *,
+def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, *,
                 n_groups: int, act=None, dt_limit=(0.0, float("inf")), norm_eps: float = 1e-5,
                 norm_before_gate: bool = False) -> torch.Tensor:
     """Same contract as ``naive.mamba2_step`` (SiLU activation only); both states are updated in place."""
@@ -208,7 +208,7 @@ def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_
     if D.numel() not in (heads, d_inner):
         raise JRTError(f"mamba2_step kernel: D must have {heads} or {d_inner} entries, got {D.numel()}")
     w = conv_weight if conv_weight.is_contiguous() else conv_weight.contiguous()
-    A, D, dt_bias = A.contiguous(), D.contiguous(), dt_bias.contiguous()
+    A_log, D, dt_bias = A_log.contiguous(), D.contiguous(), dt_bias.contiguous()
     has_norm = norm_weight is not None
     block_p = min(triton.next_power_of_2(head_dim), 16 if batch * heads < 512 else 64)
     n_pblocks = triton.cdiv(head_dim, block_p)
@@ -220,7 +220,7 @@ def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A, D, dt_
     d_stride_h, d_stride_p = (head_dim, 1) if D.numel() == d_inner else (1, 0)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     _step_kernel[(batch, heads, n_pblocks)](
-        zxbcdt, conv_state, w, conv_bias if conv_bias is not None else w, ssm_state, A, D, dt_bias, g, sq,
+        zxbcdt, conv_state, w, conv_bias if conv_bias is not None else w, ssm_state, A_log, D, dt_bias, g, sq,
         heads, head_dim, d_state, n_groups, d_inner, conv_dim, K, hpg, n_pblocks,
         zxbcdt.stride(0), conv_state.stride(0), conv_state.stride(1), ssm_state.stride(0), ssm_state.stride(1),
         ssm_state.stride(2), g.stride(0), d_stride_h, d_stride_p, lo, min(hi, 3.0e38),
