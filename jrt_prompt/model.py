@@ -92,9 +92,30 @@ class Block(nn.Module):
         y, state = self.mixer(self._normed(self.norm, h), state, mask=mask, positions=positions)
         return self._mlp(self._residual(h) + y), state
 
+    def _add_normed(self, norm: nn.Module, h: torch.Tensor, y: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual(h) + y, its norm); y None: (h, norm of h). Our norms do both in one kernel."""
+        if y is None:
+            return h, self._normed(norm, h)
+        if getattr(norm, "fuses_cast", False):
+            return norm.add_forward(h, y, self.residual_in_fp32, cast=norm.weight.dtype)
+        h = self._residual(h) + y
+        return h, self._normed(norm, h)
+
     def step(self, h, state, positions):
-        y = self.mixer.step(self._normed(self.norm, h), state, positions)
-        return self._mlp(self._residual(h) + y)
+        h, y = self.step_unadded(h, None, state, positions)
+        return self._residual(h) + y
+
+    def step_unadded(self, h, y, state, positions):
+        """One token, with the residual adds moved one norm later: takes the previous block's output ``y`` not
+        yet added to ``h`` and returns (h, this block's output) the same way, so that every add runs inside the
+        next norm's kernel. ``h + y`` after the last block equals ``step``'s result."""
+        h, x = self._add_normed(self.norm, h, y)
+        y = self.mixer.step(x, state, positions)
+        if self.mlp is not None:
+            h, x = self._add_normed(self.norm2, h, y)
+            y = self.mlp(x)
+        return h, y
 
 
 class RecurrentLM(nn.Module):
@@ -174,8 +195,12 @@ class RecurrentLM(nn.Module):
             raise ValueError(f"step takes one token per row, shape [batch], got {tuple(token_ids.shape)}")
         self._check_state(state, token_ids.shape[0])
         positions = state.seen
-        h = self.embedding(token_ids)
+        h, y = self.embedding(token_ids), None
         for block, layer_state in zip(self.blocks, state.layers):
-            h = block.step(h, layer_state, positions)
+            h, y = block.step_unadded(h, y, layer_state, positions)
         state.seen.add_(1)
-        return self._head(h), state
+        last = self.blocks[-1]
+        if getattr(self.norm_f, "fuses_cast", False):  # the last add inside the final norm's kernel
+            _, x = self.norm_f.add_forward(h, y, last.residual_in_fp32)
+            return self.lm_head(x.to(self.lm_head.weight.dtype)), state
+        return self._head(last._residual(h) + y), state

@@ -63,6 +63,32 @@ def check_out_dtype_and_3d():
     assert torch.allclose(k(nc, w, 1e-6, hf_rounding=True), r(nc, w, 1e-6, hf_rounding=True), atol=1e-6)
 
 
+def check_add_then_norm():
+    """The residual add inside the norm kernel: the sum (float32 or not) and the normed output, both roundings."""
+    from jrt_prompt.ops.norm import naive, triton_norm
+    g = torch.Generator().manual_seed(1)
+    for h_dtype, y_dtype, w_dtype, residual_fp32, cast in ((torch.float32, torch.float32, torch.float32, True, None),
+                                                           (torch.bfloat16, torch.bfloat16, torch.bfloat16, True,
+                                                            torch.bfloat16),
+                                                           (torch.float32, torch.bfloat16, torch.bfloat16, True,
+                                                            torch.bfloat16),
+                                                           (torch.bfloat16, torch.bfloat16, torch.bfloat16, False,
+                                                            torch.bfloat16),
+                                                           (torch.float32, torch.bfloat16, torch.float32, True, None)):
+        h = (torch.randn(3, 40, generator=g) * 2).to(DEVICE, h_dtype)
+        y = torch.randn(3, 40, generator=g).to(DEVICE, y_dtype)
+        w = (1 + 0.1 * torch.randn(40, generator=g)).to(DEVICE, w_dtype)
+        for hf in (True, False):
+            kw = dict(hf_rounding=hf, residual_fp32=residual_fp32, cast=cast)
+            (ra, oa), (rb, ob) = triton_norm.add_rms_norm(h, y, w, 1e-5, **kw), naive.add_rms_norm(h, y, w, 1e-5, **kw)
+            assert ra.dtype == rb.dtype and oa.dtype == ob.dtype, (ra.dtype, rb.dtype, oa.dtype, ob.dtype)
+            exact = {h_dtype, y_dtype, w_dtype, cast or torch.float32} == {torch.float32}
+            tol = 1e-6 if exact else 1e-2
+            for a, b in ((ra, rb), (oa, ob)):
+                err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+                assert err < (1e-6 if a.dtype == torch.float32 and a is ra else tol), (h_dtype, residual_fp32, hf, err)
+
+
 CHECKS = collect_checks(globals())
 
 
@@ -75,6 +101,24 @@ def interpreter_results() -> dict[str, str]:
 def test_under_triton_interpreter(name, interpreter_results):
     result = interpreter_results[name]
     assert result == "ok", result
+
+
+def test_fused_step_equals_unfused_on_cpu():
+    """RecurrentLM.step (adds inside the norms) equals the per-block step (add, then norm) on CPU."""
+    from tests.toy_model import toy_lm
+    lm = toy_lm(40)
+    state_a, state_b = lm.init_state(2), lm.init_state(2)
+    tok = torch.tensor([3, 7])
+    with torch.no_grad():
+        for _ in range(3):
+            la, _ = lm.step(tok, state_a)
+            h = lm.embedding(tok)
+            for block, st in zip(lm.blocks, state_b.layers):
+                h = block.step(h, st, state_b.seen)
+            state_b.seen.add_(1)
+            lb = lm._head(h)
+            assert torch.allclose(la, lb, atol=1e-6), (la - lb).abs().max()
+            tok = la.argmax(-1)
 
 
 def test_modules_take_the_reference_on_cpu():

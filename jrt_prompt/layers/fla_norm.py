@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.norm import rms_norm
+from ..ops.norm import add_rms_norm, rms_norm
 
 
 class FlaRMSNorm(nn.Module):
@@ -39,6 +39,13 @@ class FlaRMSNorm(nn.Module):
             y = y * self.weight.float()
         y = y * F.silu(gate.float())
         return y.to(self.out_dtype or x.dtype)
+
+    def add_forward(self, h: torch.Tensor, y: torch.Tensor, residual_fp32: bool, cast: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + y, forward(h + y, cast=cast)), the sum in float32 when ``residual_fp32``: one kernel on CUDA."""
+        res_dtype = torch.promote_types(torch.float32 if residual_fp32 else h.dtype, y.dtype)
+        return add_rms_norm(h, y, self.weight, self.eps, hf_rounding=False, residual_fp32=residual_fp32, cast=cast,
+                            out_dtype=self.out_dtype or cast or res_dtype)
 
     def _apply(self, fn, recurse: bool = True):
         # model.to(dtype) / .half() re-types the output together with the weights (fn casts floating tensors only)

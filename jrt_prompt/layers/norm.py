@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.norm import rms_norm
+from ..ops.norm import add_rms_norm, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -18,3 +18,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cast: torch.dtype | None = None) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps, hf_rounding=True, cast=cast)
+
+    def add_forward(self, h: torch.Tensor, y: torch.Tensor, residual_fp32: bool, cast: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + y, forward(h + y, cast)), the sum in float32 when ``residual_fp32``: one kernel on CUDA."""
+        return add_rms_norm(h, y, self.weight, self.eps, hf_rounding=True, residual_fp32=residual_fp32, cast=cast)

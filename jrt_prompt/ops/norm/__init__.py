@@ -1,4 +1,5 @@
-"""RMSNorm with the input cast folded in: ``rms_norm(x, weight, eps, hf_rounding=..., cast=..., out_dtype=...)``.
+"""RMSNorm with the input cast folded in: ``rms_norm(x, weight, eps, hf_rounding=..., cast=..., out_dtype=...)``,
+and a block's residual add before it: ``add_rms_norm``.
 
 The fast path (``triton_norm``: one launch) runs on CUDA tensors when no gradient is needed and Triton imports;
 otherwise the reference (``naive``).
@@ -27,4 +28,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rou
     return naive.rms_norm(x, weight, eps, **kw)
 
 
-__all__ = ["rms_norm", "naive"]
+def add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
+                 residual_fp32: bool, cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h + y, rms_norm(h + y)), the sum in float32 when ``residual_fp32`` (see ``naive.add_rms_norm``)."""
+    kw = dict(hf_rounding=hf_rounding, residual_fp32=residual_fp32, cast=cast, out_dtype=out_dtype)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, y, weight))
+    if not grad and h.shape == y.shape and use_fast_path(h, y, weight) and importable(FAST):
+        fast = importlib.import_module(FAST)
+        if fast.supported(h, weight, cast) and y.dtype in fast._TL:
+            return fast.add_rms_norm(h, y, weight, eps, **kw)
+    return naive.add_rms_norm(h, y, weight, eps, **kw)
+
+
+__all__ = ["rms_norm", "add_rms_norm", "naive"]

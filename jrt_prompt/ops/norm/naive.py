@@ -23,3 +23,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rou
     if weight is not None:
         h = h * weight.float()
     return h.to(out_dtype or dtype)
+
+
+def add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
+                 residual_fp32: bool, cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pre-norm block's residual add and the next norm: h = (h in float32 if residual_fp32) + y, then
+    (h, rms_norm(h)). One kernel on the fast path instead of an add and a norm."""
+    h = (h.float() if residual_fp32 else h) + y
+    return h, rms_norm(h, weight, eps, hf_rounding=hf_rounding, cast=cast, out_dtype=out_dtype)
