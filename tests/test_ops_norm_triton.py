@@ -89,6 +89,24 @@ def check_add_then_norm():
                 assert err < (1e-6 if a.dtype == torch.float32 and a is ra else tol), (h_dtype, residual_fp32, hf, err)
 
 
+def check_gated_group_norm():
+    """Mamba-2's output norm: groups, gate first or norm first, no weight, bf16, a strided z (a split view)."""
+    from jrt_prompt.ops.norm import naive, triton_norm
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        zy = torch.randn(2, 5, 3 * 48, generator=g).to(DEVICE, dtype)
+        z, y = zy[..., :48], zy[..., 48:96]  # z strided like in_proj's split
+        w = (1 + 0.1 * torch.randn(48, generator=g)).to(DEVICE, dtype)
+        for group_size in (48, 16, 12):
+            for nbg in (False, True):
+                for weight in (w, None):
+                    a = triton_norm.gated_rms_norm(y, z, weight, group_size, 1e-5, nbg)
+                    b = naive.gated_rms_norm(y, z, weight, group_size, 1e-5, nbg)
+                    assert a.dtype == b.dtype == dtype and a.shape == b.shape
+                    err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+                    assert err < (1e-6 if dtype == torch.float32 else 1e-2), (dtype, group_size, nbg, err)
+
+
 CHECKS = collect_checks(globals())
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.conv import causal_conv1d
-from ..ops.mamba2_step import gated_rms_norm, mamba2_step
+from ..ops.mamba2_step import mamba2_step
+from ..ops.norm import gated_rms_norm
 from ..ops.ssd import ssd
 from ..state import LayerState
 from .mamba import activation, depthwise_conv

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from ..backend import importable, use_fast_path
 from . import naive
-from .naive import gated_rms_norm
 
 FAST_STEP = "jrt_prompt.ops.mamba2_step.triton_step"
 
@@ -30,4 +29,4 @@ def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D,
     return naive.mamba2_step(*tensors, **kw)
 
 
-__all__ = ["mamba2_step", "gated_rms_norm", "naive"]
+__all__ = ["mamba2_step", "naive"]

@@ -13,24 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..conv import causal_conv1d_step
+from ..norm.naive import gated_rms_norm
 from ..ssd.naive import NO_LIMIT, ssd_state_update
-
-
-def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, group_size: int, eps: float,
-                   norm_before_gate: bool = False) -> torch.Tensor:
-    """RMSNorm over groups of ``group_size`` channels gated by silu(z): norm(y * silu(z)) (norm_before_gate
-    False, transformers' and mamba_ssm's default) or norm(y) * silu(z). float32 inside, y's dtype out;
-    ``weight`` None: no norm, y * silu(z)."""
-    h, gate = y.float(), F.silu(z.float())
-    if weight is None:
-        return (h * gate).to(y.dtype)
-    if not norm_before_gate:
-        h = h * gate
-    g = h.unflatten(-1, (-1, group_size))
-    h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * weight.float()
-    if norm_before_gate:
-        h = h * gate
-    return h.to(y.dtype)
 
 
 def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, *,

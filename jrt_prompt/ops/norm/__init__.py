@@ -41,4 +41,16 @@ def add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, 
     return naive.add_rms_norm(h, y, weight, eps, **kw)
 
 
-__all__ = ["rms_norm", "add_rms_norm", "naive"]
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, group_size: int, eps: float,
+                   norm_before_gate: bool = False) -> torch.Tensor:
+    """Grouped RMSNorm gated by silu(z) (Mamba-2's output norm; see ``naive.gated_rms_norm``)."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, z, weight))
+    if (not grad and y.shape == z.shape and y.shape[-1] % group_size == 0 and use_fast_path(y, z, weight)
+            and importable(FAST)):
+        fast = importlib.import_module(FAST)
+        if fast.supported(y, weight, None) and z.dtype in fast._TL and group_size <= 16384:
+            return fast.gated_rms_norm(y, z, weight, group_size, eps, norm_before_gate)
+    return naive.gated_rms_norm(y, z, weight, group_size, eps, norm_before_gate)
+
+
+__all__ = ["rms_norm", "add_rms_norm", "gated_rms_norm", "naive"]

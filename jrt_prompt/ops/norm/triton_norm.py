@@ -47,6 +47,43 @@ def _add_rms_norm_kernel(h_ptr, y_ptr, w_ptr, r_ptr, o_ptr, D, stride_h, stride_
     tl.store(o_ptr + row * stride_o + offs, out.to(o_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _gated_norm_kernel(y_ptr, z_ptr, w_ptr, o_ptr, GS, n_groups, stride_y, stride_z, stride_o, eps,
+                       BLOCK: tl.constexpr, HAS_W: tl.constexpr, GATE_FIRST: tl.constexpr):
+    """One program per (row, group): norm(y * silu(z)) or norm(y) * silu(z), float32 inside."""
+    pid = tl.program_id(0)
+    row = (pid // n_groups).to(tl.int64)
+    col = (pid % n_groups) * GS + tl.arange(0, BLOCK)
+    m = tl.arange(0, BLOCK) < GS
+    h = tl.load(y_ptr + row * stride_y + col, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + row * stride_z + col, mask=m, other=0.0).to(tl.float32)
+    gate = z / (1.0 + tl.exp(-z))
+    if not HAS_W:
+        tl.store(o_ptr + row * stride_o + col, (h * gate).to(o_ptr.dtype.element_ty), mask=m)
+        return
+    if GATE_FIRST:
+        h = h * gate
+    h = h / tl.sqrt(tl.sum(h * h, axis=0) / GS + eps) * tl.load(w_ptr + col, mask=m, other=0.0).to(tl.float32)
+    if not GATE_FIRST:
+        h = h * gate
+    tl.store(o_ptr + row * stride_o + col, h.to(o_ptr.dtype.element_ty), mask=m)
+
+
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, group_size: int, eps: float,
+                   norm_before_gate: bool = False) -> torch.Tensor:
+    D = y.shape[-1]
+    y2, z2 = _rows(y), _rows(z)
+    out = torch.empty(y2.shape, device=y.device, dtype=y.dtype)
+    n_groups = D // group_size
+    block = triton.next_power_of_2(group_size)
+    _gated_norm_kernel[(y2.shape[0] * n_groups,)](y2, z2, weight if weight is not None else y2, out, group_size,
+                                                  n_groups, y2.stride(0), z2.stride(0), out.stride(0), float(eps),
+                                                  BLOCK=block, HAS_W=weight is not None,
+                                                  GATE_FIRST=not norm_before_gate,
+                                                  num_warps=4 if block <= 2048 else 8)
+    return out.view(y.shape)
+
+
 def supported(x: torch.Tensor, weight: torch.Tensor | None, cast: torch.dtype | None) -> bool:
     return (x.dtype in _TL and (cast or x.dtype) in _TL and (weight is None or weight.dtype in _TL)
             and x.shape[-1] <= 16384 and x.numel() > 0)
