@@ -33,6 +33,32 @@ def profile(lm, ids) -> dict:
             "top": [{"name": e.key[:90], "count": e.count, "ms": e.self_device_time_total / 1e3} for e in top]}
 
 
+def decode_profile(lm, batch: int = 1) -> dict:
+    """One eager decode step's kernels (count, summed kernel time, top kernels) and the graphed step's time."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    from jrt_prompt.cuda_graph import GraphedStep
+
+    state = lm.init_state(batch)
+    tok = torch.zeros(batch, dtype=torch.long, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            lm.step(tok, state)
+        torch.cuda.synchronize()
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            lm.step(tok, state)
+            torch.cuda.synchronize()
+    events = [e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:12]
+    graphed = GraphedStep(lm, batch)
+    graphed.load(state)
+    return {"step_kernels": sum(e.count for e in events),
+            "step_kernel_ms": sum(e.self_device_time_total for e in events) / 1e3,
+            "graphed_step_ms": cuda_ms(lambda: graphed.step(tok), reps=50, warmup=5),
+            "step_top": [{"name": e.key[:90], "count": e.count, "us": e.self_device_time_total}
+                         for e in top]}
+
+
 def graphed_ms(lm, ids) -> float:
     """The whole prefill captured once, replayed: what it costs without Python and launch overhead."""
     state = lm.init_state(ids.shape[0])
@@ -71,8 +97,12 @@ def main() -> None:
             entry.update(graphed_ms(lm, ids))
         except Exception as e:  # recorded, not hidden: some fast paths may not be capturable
             entry["graphed_error"] = f"{type(e).__name__}: {e}"[:500]
+        try:
+            entry.update(decode_profile(lm))
+        except Exception as e:
+            entry["decode_error"] = f"{type(e).__name__}: {e}"[:500]
         out["models"][name] = entry
-        print(name, json.dumps({k: v for k, v in entry.items() if k != "top"}), file=sys.stderr)
+        print(name, json.dumps({k: v for k, v in entry.items() if not k.endswith("top")}), file=sys.stderr)
         del lm
         torch.cuda.empty_cache()
     print(json.dumps(out, indent=1))
