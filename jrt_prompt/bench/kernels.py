@@ -258,8 +258,10 @@ def time_ours(B, T, H=16, Dv=64):
     from jrt_prompt.ops.based import triton_chunk as tc
     ms = _bench_on(list(make_inputs(B, T, H, Dv, torch.bfloat16, seed=6)),
                    lambda q, k, v: tc.taylor_linear_attention(q, k, v, output_final_state=True))
-    config = os.environ.get(tc.CONFIG_ENV) or tc.last_config()
-    return ms, f"{tc.variant_named().name} {config}", tc.num_segments(B * H, T, torch.device("cuda"))
+    var = tc.variant_named(tc.auto_variant(B * H))
+    config = os.environ.get(tc.CONFIG_ENV) or (",".join(map(str, var.default_config)) if var.twopass
+                                               else tc.last_config())
+    return ms, f"{var.name} {config}", tc.num_segments(B * H, T, torch.device("cuda"))
 
 
 @guarded("fla chunk_gla row")

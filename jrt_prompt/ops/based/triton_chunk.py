@@ -202,6 +202,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 
+def auto_variant(batch_heads: int) -> str | None:
+    """The variant chosen when none is given or pinned: WIDE_VARIANT for many (batch, head) pairs, else None
+    (the default)."""
+    if os.environ.get(VARIANT_ENV) or batch_heads < WIDE_MIN_PAIRS:
+        return None
+    return WIDE_VARIANT
+
+
 def variant_named(name: str | None = None) -> Variant:
     """``name``, else $JRT_BASED_TRITON_VARIANT, else the default; an unknown name is an error."""
     chosen = name or os.environ.get(VARIANT_ENV) or DEFAULT_VARIANT
@@ -449,9 +457,7 @@ def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, ou
     """
     _check(q, k, v, initial_state, mask)
     B, T, H, _ = q.shape
-    if variant is None and config is None and not os.environ.get(VARIANT_ENV) and B * H >= WIDE_MIN_PAIRS:
-        variant = WIDE_VARIANT
-    var = variant_named(variant)
+    var = variant_named(variant or (auto_variant(B * H) if config is None else None))
     slots = var.slots
     Dv = v.shape[-1]
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
