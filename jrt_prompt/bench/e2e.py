@@ -116,7 +116,7 @@ def _ids(n: int, vocab: int, g: torch.Generator) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
-def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int = 8, reps: int = 3) -> dict:
+def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int = 8, reps: int = 5) -> dict:
     """Time to first token at one context length: plain (C, Q), JRT (C, Q, C, Q), and JRT per question with
     the first read of C cached and shared by ``questions`` questions."""
     g = torch.Generator().manual_seed(context)
@@ -127,9 +127,10 @@ def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int =
         logits, _ = prefill(lm, [ids], state, chunk_size=chunk)
         return logits.argmax(-1)
 
-    plain = cuda_ms(lambda: first_token(ctx + qs[0]), reps)
-    jrt = cuda_ms(lambda: first_token(ctx + qs[0] + ctx + qs[0]), reps)
-    read_ms = cuda_ms(lambda: prefill(lm, [ctx], chunk_size=chunk), reps)
+    # two warm-up calls each: the first call of a new shape compiles and autotunes kernels (seconds, once)
+    plain = cuda_ms(lambda: first_token(ctx + qs[0]), reps, warmup=2)
+    jrt = cuda_ms(lambda: first_token(ctx + qs[0] + ctx + qs[0]), reps, warmup=2)
+    read_ms = cuda_ms(lambda: prefill(lm, [ctx], chunk_size=chunk), reps, warmup=2)
     _, read = prefill(lm, [ctx], chunk_size=chunk)
     per_q = [cuda_ms(lambda q=q: first_token(q + ctx + q, read), reps=1, warmup=1) for q in qs]
     cached = (read_ms + sum(per_q)) / questions
