@@ -1,5 +1,5 @@
-"""Where a batch-1 prefill's time goes (GPU): wall time, summed kernel time and kernel count from torch.profiler,
-the top kernels, and the same prefill replayed from a CUDA graph (the launch cost removed).
+"""Where a batch-1 prefill's and decode step's time goes (GPU): wall time, summed kernel time and kernel count from
+torch.profiler, the top kernels, and the same prefill or step replayed from a CUDA graph (the launch cost removed).
 
     python benchmarks/prefill_profile.py [--models mamba2-370m,based-360m] [--tokens 2048] > prefill.json
 """
@@ -84,19 +84,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mamba2-370m")
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--decode-only", action="store_true", help="only the decode step's profile")
     args = ap.parse_args()
     out = {"gpu": torch.cuda.get_device_name(), "tokens": args.tokens, "models": {}}
     for name in args.models.split(","):
         lm, _ = build(name)
         ids = torch.randint(0, lm.config.vocab_size, (1, args.tokens), device="cuda")
         entry = {}
-        with torch.no_grad():
-            entry["eager_ms"] = cuda_ms(lambda: lm(ids, last_only=True), reps=10, warmup=2)
-        entry.update(profile(lm, ids))
-        try:
-            entry.update(graphed_ms(lm, ids))
-        except Exception as e:  # recorded, not hidden: some fast paths may not be capturable
-            entry["graphed_error"] = f"{type(e).__name__}: {e}"[:500]
+        if not args.decode_only:
+            with torch.no_grad():
+                entry["eager_ms"] = cuda_ms(lambda: lm(ids, last_only=True), reps=10, warmup=2)
+            entry.update(profile(lm, ids))
+            try:
+                entry.update(graphed_ms(lm, ids))
+            except Exception as e:  # recorded, not hidden: some fast paths may not be capturable
+                entry["graphed_error"] = f"{type(e).__name__}: {e}"[:500]
         try:
             entry.update(decode_profile(lm))
         except Exception as e:
