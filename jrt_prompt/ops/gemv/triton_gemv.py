@@ -3,6 +3,8 @@
 At batch 1 a decode step is a chain of matrix-vector products. On an H100 cuBLAS ran Mamba-2 370M's in_proj and
 out_proj at about 1.1 TB/s (5.8 us each; 0.55 ms of a 1.0 ms step, 2026-11-24); the weights' 3 TB/s bound is
 2.2 us. Each program here owns a few output rows and walks K in wide blocks, accumulating in float32.
+Measured there it is slower still (7.2 us each), so it is opt-in (JRT_PROMPT_GEMV=1); next: split K across
+programs, wider vector loads, more rows per program.
 """
 
 from __future__ import annotations
