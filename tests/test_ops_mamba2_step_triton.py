@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.triton_child import child_main, child_results, collect_checks  # noqa: E402
+from tests.triton_child import child_main, collect_checks, interpreter_tests  # noqa: E402
+
+
+DEVICE = "cpu"  # the checks' device (test_gpu_checks sets "cuda")
 
 
 def rel(a, b) -> float:
@@ -29,9 +31,10 @@ def rel(a, b) -> float:
 
 
 def make(batch=2, heads=4, head_dim=8, d_state=16, groups=2, K=4, bias=True, norm=True, D_per_channel=False,
-         dtype=torch.float32, device="cpu", seed=0):
+         dtype=torch.float32, device=None, seed=0):
     """Parameters and a non-zero state of one Mamba-2 layer (random, realistic ranges), as op arguments."""
     g = torch.Generator().manual_seed(seed)
+    device = device or DEVICE
     d_inner = heads * head_dim
     conv_dim = d_inner + 2 * groups * d_state
 
@@ -117,17 +120,7 @@ CHECKS = collect_checks(globals())
 # pytest, CPU: one interpreter child for all checks
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, str]:
-    return child_results(__file__)
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-def test_under_triton_interpreter(name, interpreter_results):
-    result = interpreter_results[name]
-    if result.startswith("skipped"):
-        pytest.skip(result)
-    assert result == "ok", result
+interpreter_results, test_under_triton_interpreter = interpreter_tests(__file__, CHECKS)
 
 
 def test_dispatch_takes_reference_on_cpu_and_under_grad():
@@ -147,17 +140,14 @@ def test_dispatch_takes_reference_on_cpu_and_under_grad():
 
 @pytest.mark.gpu
 def test_gpu_checks():
-    for name, fn in CHECKS.items():
-        if name == "check_errors":
-            continue
-        from jrt_prompt.ops.mamba2_step import naive, triton_step  # noqa: F401
-        fn_globals = fn.__globals__
-        real_make = fn_globals["make"]
-        fn_globals["make"] = lambda **kw: real_make(device="cuda", **kw)
-        try:
-            fn()
-        finally:
-            fn_globals["make"] = real_make
+    global DEVICE
+    DEVICE = "cuda"
+    try:
+        for name, fn in CHECKS.items():
+            if name != "check_errors":
+                fn()
+    finally:
+        DEVICE = "cpu"
 
 
 @pytest.mark.gpu

@@ -14,7 +14,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.triton_child import child_main, child_results, collect_checks  # noqa: E402
+from tests.triton_child import child_main, collect_checks, interpreter_tests  # noqa: E402
 
 DEVICE = "cpu"
 
@@ -110,15 +110,7 @@ def check_gated_group_norm():
 CHECKS = collect_checks(globals())
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, str]:
-    return child_results(__file__)
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-def test_under_triton_interpreter(name, interpreter_results):
-    result = interpreter_results[name]
-    assert result == "ok", result
+interpreter_results, test_under_triton_interpreter = interpreter_tests(__file__, CHECKS)
 
 
 def test_fused_step_equals_unfused_on_cpu():

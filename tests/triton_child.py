@@ -62,3 +62,24 @@ def child_main(checks: dict[str, Callable], compile_fn: Callable[[], dict] | Non
     import torch
     torch.set_num_threads(1)
     print(RESULT_TAG + json.dumps(run_checks(checks)), flush=True)
+
+
+def interpreter_tests(test_file: str, checks: dict[str, Callable]):
+    """The pytest side of a kernel test file: a module fixture that runs every check in one interpreter child, and
+    one test per check. In the file: ``interpreter_results, test_under_triton_interpreter = interpreter_tests(
+    __file__, CHECKS)``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def interpreter_results() -> dict[str, str]:
+        pytest.importorskip("triton")
+        return child_results(test_file)
+
+    @pytest.mark.parametrize("name", list(checks))
+    def test_under_triton_interpreter(name, interpreter_results):
+        result = interpreter_results[name]
+        if result.startswith("skipped"):
+            pytest.skip(result)
+        assert result == "ok", result
+
+    return interpreter_results, test_under_triton_interpreter

@@ -29,8 +29,7 @@ class FlaRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None, cast: torch.dtype | None = None
                 ) -> torch.Tensor:
         if gate is None:
-            return rms_norm(x, self.weight, self.eps, hf_rounding=False, cast=cast,
-                            out_dtype=self.out_dtype or cast or x.dtype)
+            return rms_norm(x, self.weight, self.eps, hf_rounding=False, cast=cast, out_dtype=self.out_dtype)
         if cast is not None:
             x = x.to(cast)
         y = x.float()
@@ -43,9 +42,8 @@ class FlaRMSNorm(nn.Module):
     def add_forward(self, h: torch.Tensor, y: torch.Tensor, residual_fp32: bool, cast: torch.dtype | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h + y, forward(h + y, cast=cast)), the sum in float32 when ``residual_fp32``: one kernel on CUDA."""
-        res_dtype = torch.promote_types(torch.float32 if residual_fp32 else h.dtype, y.dtype)
         return add_rms_norm(h, y, self.weight, self.eps, hf_rounding=False, residual_fp32=residual_fp32, cast=cast,
-                            out_dtype=self.out_dtype or cast or res_dtype)
+                            out_dtype=self.out_dtype)
 
     def _apply(self, fn, recurse: bool = True):
         # model.to(dtype) / .half() re-types the output together with the weights (fn casts floating tensors only)

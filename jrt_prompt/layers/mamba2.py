@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops.conv import causal_conv1d
-from ..ops.gemv import linear
 from ..ops.mamba2_step import mamba2_step
 from ..ops.norm import gated_rms_norm
 from ..ops.ssd import ssd
@@ -89,7 +87,7 @@ class Mamba2Mixer(nn.Module):
     def _gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             return self.norm(y, z)
-        return (y.float() * F.silu(z.float())).to(y.dtype)
+        return gated_rms_norm(y, z, None, y.shape[-1], 0.0)  # no norm: y * silu(z)
 
     def forward(self, u, state, mask=None, positions=None):
         if mask is not None:
@@ -104,10 +102,9 @@ class Mamba2Mixer(nn.Module):
     def step(self, u, state, positions):
         # dt_limit clamps here too, unlike mamba_ssm's own step (the same for the released (0, inf) limit).
         norm = self.norm
-        zxbcdt = linear(u, self.in_proj.weight, self.in_proj.bias)
-        y = mamba2_step(zxbcdt, state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
+        y = mamba2_step(self.in_proj(u), state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
                         self.A_log, self._skip_weight(), self.dt_bias,
                         norm.weight if norm is not None else None, n_groups=self.n_groups, act=self.act,
                         dt_limit=self.dt_limit, norm_eps=norm.eps if norm is not None else 1e-5,
                         norm_before_gate=norm.norm_before_gate if norm is not None else False)
-        return linear(y, self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(y)

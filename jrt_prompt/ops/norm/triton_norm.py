@@ -14,31 +14,19 @@ _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, o_ptr, D, stride_x, stride_o, eps,
-                     CAST: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HF: tl.constexpr):
+def _rms_norm_kernel(x_ptr, y_ptr, w_ptr, r_ptr, o_ptr, D, stride_x, stride_y, stride_r, stride_o, eps,
+                     ADD: tl.constexpr, CAST: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr,
+                     HF: tl.constexpr):
+    """One row: with ADD, r = x + y (rounded to r's dtype) is stored and normalised; else x is normalised."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < D
-    x = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0).to(CAST).to(tl.float32)
-    y = x / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
-    if HF:
-        y = y.to(CAST).to(tl.float32)
-    if HAS_W:
-        y = y * tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(o_ptr + row * stride_o + offs, y.to(o_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _add_rms_norm_kernel(h_ptr, y_ptr, w_ptr, r_ptr, o_ptr, D, stride_h, stride_y, stride_r, stride_o, eps,
-                         CAST: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HF: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    m = offs < D
-    s = tl.load(h_ptr + row * stride_h + offs, mask=m, other=0.0).to(r_ptr.dtype.element_ty).to(tl.float32)
-    s = s + tl.load(y_ptr + row * stride_y + offs, mask=m, other=0.0).to(tl.float32)
-    s = s.to(r_ptr.dtype.element_ty)
-    tl.store(r_ptr + row * stride_r + offs, s, mask=m)
-    x = s.to(CAST).to(tl.float32)
+    x = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0)
+    if ADD:
+        x = x.to(r_ptr.dtype.element_ty).to(tl.float32)
+        x = (x + tl.load(y_ptr + row * stride_y + offs, mask=m, other=0.0).to(tl.float32)).to(r_ptr.dtype.element_ty)
+        tl.store(r_ptr + row * stride_r + offs, x, mask=m)
+    x = x.to(CAST).to(tl.float32)
     out = x / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
     if HF:
         out = out.to(CAST).to(tl.float32)
@@ -100,31 +88,32 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _launch(x2, y2, weight, res, out, eps, dtype, hf_rounding):
+    D = x2.shape[-1]
+    block = triton.next_power_of_2(D)
+    add = y2 is not None
+    _rms_norm_kernel[(x2.shape[0],)](
+        x2, y2 if add else x2, weight if weight is not None else x2, res if add else out, out, D, x2.stride(0),
+        y2.stride(0) if add else 0, res.stride(0) if add else 0, out.stride(0), float(eps), ADD=add,
+        CAST=_TL[dtype], BLOCK=block, HAS_W=weight is not None, HF=hf_rounding, num_warps=4 if block <= 2048 else 8)
+
+
 def add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
                  residual_fp32: bool, cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     res_dtype = torch.promote_types(torch.float32 if residual_fp32 else h.dtype, y.dtype)
     dtype = cast or res_dtype
-    D = h.shape[-1]
     h2, y2 = _rows(h), _rows(y)
     res = torch.empty(h2.shape, device=h.device, dtype=res_dtype)
     out = torch.empty(h2.shape, device=h.device, dtype=_out_dtype(dtype, weight, hf_rounding, out_dtype))
-    block = triton.next_power_of_2(D)
-    _add_rms_norm_kernel[(h2.shape[0],)](h2, y2, weight if weight is not None else h2, res, out, D, h2.stride(0),
-                                         y2.stride(0), res.stride(0), out.stride(0), float(eps), CAST=_TL[dtype],
-                                         BLOCK=block, HAS_W=weight is not None, HF=hf_rounding,
-                                         num_warps=4 if block <= 2048 else 8)
+    _launch(h2, y2, weight, res, out, eps, dtype, hf_rounding)
     return res.view(h.shape), out.view(h.shape)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
              cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     dtype = cast or x.dtype
-    D = x.shape[-1]
     x2 = _rows(x)
     out = torch.empty(x2.shape, device=x.device, dtype=_out_dtype(dtype, weight, hf_rounding, out_dtype))
-    block = triton.next_power_of_2(D)
-    _rms_norm_kernel[(x2.shape[0],)](x2, weight if weight is not None else x2, out, D, x2.stride(0), out.stride(0),
-                                     float(eps), CAST=_TL[dtype], BLOCK=block, HAS_W=weight is not None,
-                                     HF=hf_rounding, num_warps=4 if block <= 2048 else 8)
+    _launch(x2, None, weight, None, out, eps, dtype, hf_rounding)
     return out.view(x.shape)
