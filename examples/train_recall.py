@@ -17,7 +17,10 @@ The mixture (defaults): plain rows (C, Q, A) with 1-32 records and 4 questions e
 asks it, every answer supervised, every token in the loss); JRT rows (C, Q, C, Q, A) and question-first rows
 (Q, C, Q, A) with 4-64 records, supervised on the final answer only (no loss on the second copy: that rewarded
 copying); one format and one size per batch. ``--records``, ``--mix``, ``--answer-only``, ``--plain-questions``,
-``--recall-weight`` change it.
+``--recall-weight`` change it. ``--phase2-from F`` switches to a second mixture (``--phase2-mix``,
+``--phase2-records``, ``--phase2-answer-only``, ``--phase2-plain-questions``, ``--phase2-recall-weight``) after a
+fraction F of the budget: e.g. the first GPU run's dense recall mixture first, then answer-only question-first and
+JRT rows (examples/recall_training/gpu_run4.sh and NOTES.md). ``--buckets`` sets the padded row lengths.
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
 (``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
@@ -57,6 +60,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,11 +126,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="weight of a loss on JRT rows' second document copy (needs jrt out of --answer-only)")
     train.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in data_mod.DEFAULT_MIX.items()))
     train.add_argument("--attributes", default="1-3", help="attributes per record in training, a range (test: 3)")
+    train.add_argument("--buckets", help="row lengths batches are padded to, comma-separated (default: "
+                       f"{','.join(map(str, data_mod.BUCKETS))}); finer buckets pad less")
     train.add_argument("--workers", type=int, default=2, help="data-loader processes")
     train.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines")
     train.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     train.add_argument("--tokenizer", type=Path, help="a saved tokenizer folder (default: build the demo BPE)")
     train.add_argument("--vocab-size", type=int, default=1024)
+    two = p.add_argument_group("phase 2", "from --phase2-from of the budget on, batches come from a second mixture "
+                                "(each option unset: as in phase 1, except the recall weight: 0); the curriculum "
+                                "level carries over")
+    two.add_argument("--phase2-from", type=float,
+                     help="fraction of the time (or step) budget at which phase 2 starts (default: no phase 2)")
+    two.add_argument("--phase2-mix", help="--mix of phase 2")
+    two.add_argument("--phase2-records", help="--records of phase 2 (formats not named: as in phase 1)")
+    two.add_argument("--phase2-answer-only", help="--answer-only of phase 2")
+    two.add_argument("--phase2-plain-questions", type=int, help="--plain-questions of phase 2")
+    two.add_argument("--phase2-recall-weight", type=float, default=0.0, help="--recall-weight of phase 2")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-records", default="4,8,16,32,64", help="document sizes (records of 3 facts)")
     ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
@@ -142,6 +158,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--arch must be one of {', '.join(ARCHS)} or all")
     if args.arch and args.out is None:
         p.error("--out is required with --arch")
+    if args.phase2_from is None and any(getattr(args, k) is not None for k in (
+            "phase2_mix", "phase2_records", "phase2_answer_only", "phase2_plain_questions")):
+        p.error("the --phase2-* options need --phase2-from")
+    if args.arch:  # a bad mixture fails here, not in five children
+        try:
+            for mixture in filter(None, mixtures(args)):
+                data_mod.check_mixture(mixture)
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 
@@ -163,8 +188,8 @@ def parse_range(text: str, option: str = "--attributes") -> tuple[int, int]:
         raise SystemExit(f"{option} {text!r} must be a number or a range like 1-3") from None
 
 
-def parse_records(text: str) -> dict[str, tuple[int, int]]:
-    records = dict(data_mod.DEFAULT_RECORDS)
+def parse_records(text: str, base: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
+    records = dict(data_mod.DEFAULT_RECORDS if base is None else base)
     for part in filter(None, (s.strip() for s in text.split(","))):
         name, _, spec = part.partition("=")
         if name not in data_mod.FORMATS:
@@ -179,6 +204,39 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if unknown:
         raise SystemExit(f"--answer-only: unknown formats {sorted(unknown)} (formats: {', '.join(data_mod.FORMATS)})")
     return names
+
+
+def parse_buckets(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return data_mod.BUCKETS
+    try:
+        buckets = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        raise SystemExit(f"--buckets {text!r} must be comma-separated lengths") from None
+    if not buckets or buckets[0] < 2:
+        raise SystemExit(f"--buckets {text!r}: lengths must be at least 2")
+    return buckets
+
+
+def mixtures(args) -> tuple[data_mod.MixtureConfig, data_mod.MixtureConfig | None]:
+    """The mixture of phase 1 and, with --phase2-from, that of phase 2 (unset options as in phase 1)."""
+    first = data_mod.MixtureConfig(mix=parse_mix(args.mix), records=parse_records(args.records),
+                                   answer_only=parse_formats(args.answer_only),
+                                   plain_questions=max(1, args.plain_questions),
+                                   attributes=parse_range(args.attributes), tokens_per_batch=args.tokens_per_batch,
+                                   buckets=parse_buckets(args.buckets))
+    if args.phase2_from is None:
+        return first, None
+    if not 0 <= args.phase2_from <= 1:
+        raise SystemExit(f"--phase2-from {args.phase2_from} must be a fraction of the budget (0 to 1)")
+    second = replace(first, records=parse_records(args.phase2_records or "", first.records))
+    if args.phase2_mix:
+        second.mix = parse_mix(args.phase2_mix)
+    if args.phase2_answer_only is not None:
+        second.answer_only = parse_formats(args.phase2_answer_only)
+    if args.phase2_plain_questions is not None:
+        second.plain_questions = max(1, args.phase2_plain_questions)
+    return first, second
 
 
 def model_size(args) -> ModelSize:
@@ -272,15 +330,13 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         results["kv_bytes_per_token"] = models.state_bytes(trainable, 1)
     else:
         results["state_bytes"] = models.state_bytes(trainable)
-    mixture = data_mod.MixtureConfig(mix=parse_mix(args.mix), records=parse_records(args.records),
-                                     answer_only=parse_formats(args.answer_only),
-                                     plain_questions=max(1, args.plain_questions),
-                                     attributes=parse_range(args.attributes), tokens_per_batch=args.tokens_per_batch)
+    mixture, second = mixtures(args)
+    phase2 = None if second is None else loop.Phase2(args.phase2_from, second, args.phase2_recall_weight)
     config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
                               start_level=args.start_level,
                               floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),
                               answer_weight=args.answer_weight, recall_weight=args.recall_weight,
-                              log_every_s=args.log_every, workers=args.workers, mixture=mixture)
+                              log_every_s=args.log_every, workers=args.workers, mixture=mixture, phase2=phase2)
     results["train_config"] = _plain(config)
     results["seeds"] = {"init": args.seed, "data": args.seed, "test_split": "synthetic default (1234)"}
     save()
@@ -443,7 +499,7 @@ def run_all(args, argv: list[str]) -> int:
                 codes[arch] = proc.returncode
                 del running[arch]
                 print(f"[launcher] {arch} finished with exit code {proc.returncode}", flush=True)
-    table = report.summary_markdown(report.read_results([args.out]))
+    table = report.summary_with_digest(report.read_results([args.out]))
     (args.out / "RESULTS.md").write_text(table)
     print(table, flush=True)
     print(json.dumps({"exit_codes": codes}), flush=True)
@@ -471,7 +527,7 @@ def summarize(paths: list[Path], write: Path | None) -> int:
     if not results:
         print(f"no {report.RESULTS} under {', '.join(map(str, paths))}", file=sys.stderr)
         return 2
-    table = report.summary_markdown(results)
+    table = report.summary_with_digest(results)
     print(table)
     if write:
         write.write_text(table)

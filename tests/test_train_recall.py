@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,48 @@ def test_curriculum_grows_on_recall_and_with_time():
     for level, top in ((0.1, 4), (0.5, 20), (1.0, 40)):
         levels.append(level)
         assert max(stream.row_records("plain") for _ in range(300)) == top
+
+
+def test_two_phases_switch_the_mixture_and_the_recall_loss(tok):
+    """--phase2-*: phase 1 (dense: JRT rows on every token, second-copy loss) until the switch, then answer-only
+    question-first / JRT rows with their own record ranges; the log says which phase and where."""
+    args = train_recall.parse_args([
+        "--arch", "based", "--out", "x", "--mix", "jrt=1", "--records", "jrt=1-2", "--answer-only", "none",
+        "--recall-weight", "1", "--phase2-from", "0.5", "--phase2-mix", "question_first=1,jrt=1",
+        "--phase2-records", "question_first=5-6,jrt=3-4", "--phase2-answer-only", "jrt,question_first",
+        "--buckets", "64,96,128,192,256,384,512"])
+    first, second = train_recall.mixtures(args)
+    assert first.answer_only == () and second.answer_only == ("jrt", "question_first")
+    assert second.records["plain"] == first.records["plain"] and second.records["jrt"] == (3, 4)
+    assert first.buckets == second.buckets == (64, 96, 128, 192, 256, 384, 512)
+    phase = [0]
+    stream = data.BatchStream(data.SampleEncoder(tok), replace(first, tokens_per_batch=512), 0, lambda: 1.0,
+                              replace(second, tokens_per_batch=512), lambda: phase[0])
+    b = stream.batch()
+    assert b.formats[0] == "jrt" and b.records[0] <= 2 and b.recall_mask.any() and b.ids.shape[1] in first.buckets
+    phase[0] = 1
+    for _ in range(6):
+        b = stream.batch()
+        lo, hi = second.records[b.formats[0]]
+        assert lo <= b.records[0] <= hi and not b.recall_mask.any() and b.lm_mask.sum() == 3 * len(b.formats)
+        loss, parts, _ = loop.batch_loss(torch.randn(*b.ids.shape, len(tok)), b, recall_weight=1.0)
+        assert torch.isfinite(loss)  # no second copy in the loss: zero, not NaN
+    with pytest.raises(SystemExit):
+        train_recall.parse_args(["--arch", "based", "--out", "x", "--phase2-mix", "jrt=1"])
+
+    hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
+    config = loop.TrainConfig(minutes=1, max_steps=4, warmup_steps=1, workers=0, log_every_s=0, recall_weight=1.0,
+                              mixture=replace(first, tokens_per_batch=256),
+                              phase2=loop.Phase2(0.5, replace(second, tokens_per_batch=256)))
+    said = []
+    result = loop.train(models.make_trainable("gla", hf), tok, config, 0, torch.device("cpu"), log=said.append)
+    assert result.steps == 4 and result.phase2_step == 2 and any("phase 2 from step 2" in m for m in said)
+    assert [h["phase"] for h in result.history] == [1, 1, 2, 2]
+    assert "recall_loss" in result.history[0] and "recall_loss" not in result.history[-1]
+    by_size = result.history[-1]["value_acc_by_records"]
+    assert set(by_size) <= {"jrt", "question_first"} and all(set(v) <= {"2-4", "5-8"} for v in by_size.values())
+    digest = report.phase2_digest([{"arch": "gla", "size": {"d_model": 32}, "training": asdict(result)}])
+    assert digest.startswith("Training value accuracy") and "| gla d32 | 2 |" in digest
 
 
 # --------------------------------------------------------------------------- the command line end to end

@@ -22,6 +22,10 @@ hold: then only keeping the asked-for fact on the second read answers them.
 Rows are right-padded (a causal model's outputs at real tokens do not depend on what follows, so the loss is that of
 the unpadded rows) to one of a few bucket lengths (fla autotunes per length). A batch is one format and one record
 count (rows of about the same length), and holds about ``tokens_per_batch`` tokens.
+
+Two phases (``BatchStream(..., phase2=..., phase=...)``): the stream draws each batch from the mixture of the phase
+``phase()`` names (0: the first, 1: ``phase2``), so a run can learn recall first (dense supervision, short documents)
+and then switch to rows that only selecting what to store can answer (see train_recall.py's ``--phase2-*``).
 """
 
 from __future__ import annotations
@@ -219,24 +223,34 @@ class MixtureConfig:
     buckets: tuple[int, ...] = BUCKETS
 
 
+def check_mixture(config: MixtureConfig) -> None:
+    """ValueError unless the mix, attribute range and record ranges make batches."""
+    if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
+            or sum(config.mix.values()) <= 0:
+        raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
+    lo, hi = config.attributes
+    if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
+        raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
+    for fmt, w in config.mix.items():
+        r = config.records.get(fmt)
+        if w > 0 and (r is None or not 1 <= r[0] <= r[1]):
+            raise ValueError(f"records: {fmt} needs a range lo-hi with 1 <= lo <= hi, got {r}")
+
+
 class BatchStream:
     """An endless seeded stream of batches from the train split. Each batch: one format (drawn by the mix's weights),
     one record count drawn uniformly from that format's range in ``config.records`` with its top capped by
     ``level() / max level`` of the range (the curriculum; ``level`` returns a fraction in (0, 1]), and a number of
-    attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row."""
+    attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row.
+    With ``phase2``, batches come from that mixture while ``phase()`` returns 1 (the level applies to both)."""
 
-    def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], float]):
-        if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
-                or sum(config.mix.values()) <= 0:
-            raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
-        lo, hi = config.attributes
-        if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
-            raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
-        for fmt, w in config.mix.items():
-            r = config.records.get(fmt)
-            if w > 0 and (r is None or not 1 <= r[0] <= r[1]):
-                raise ValueError(f"records: {fmt} needs a range lo-hi with 1 <= lo <= hi, got {r}")
-        self.encoder, self.config, self.level = encoder, config, level
+    def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], float],
+                 phase2: MixtureConfig | None = None, phase: Callable[[], int] | None = None):
+        for mixture in (config, phase2 or config):
+            check_mixture(mixture)
+        self.encoder, self.level = encoder, level
+        self.configs = (config, phase2 or config)
+        self.phase = phase or (lambda: 0)
         self.rng = random.Random(f"recall-training:{seed}")
         self.seed = seed
         self._generators: dict[tuple[int, int], synthetic.Generator] = {}
@@ -249,34 +263,40 @@ class BatchStream:
                 questions=attributes * records)
         return self._generators[key]
 
-    def row_records(self, fmt: str) -> int:
-        lo, hi = self.config.records[fmt]
+    @property
+    def config(self) -> MixtureConfig:
+        """The mixture of the current phase."""
+        return self.configs[1 if self.phase() else 0]
+
+    def row_records(self, fmt: str, config: MixtureConfig | None = None) -> int:
+        lo, hi = (config or self.config).records[fmt]
         frac = min(1.0, max(0.0, float(self.level())))
         top = max(lo, int(round(hi * frac)))
         return self.rng.randint(lo, top)
 
     def batch(self) -> Batch:
-        formats, weights = list(self.config.mix), list(self.config.mix.values())
+        config = self.config  # one phase for the whole batch
+        formats, weights = list(config.mix), list(config.mix.values())
         fmt = self.rng.choices(formats, weights)[0]
-        n = self.row_records(fmt)
-        attributes = self.rng.randint(*self.config.attributes)
-        answer_only = fmt in self.config.answer_only
+        n = self.row_records(fmt, config)
+        attributes = self.rng.randint(*config.attributes)
+        answer_only = fmt in config.answer_only
         samples: list[Sample] = []
         rows = None
         while rows is None or len(samples) < rows:
             doc = self._generator(n, attributes).document()
             # a few questions per document, each its own row (a fresh state, as at inference)
-            asked = doc.asked[:4 * self.config.plain_questions] if fmt == "plain" else doc.asked[:4]
-            per_row = self.config.plain_questions if fmt == "plain" else 1
+            asked = doc.asked[:4 * config.plain_questions] if fmt == "plain" else doc.asked[:4]
+            per_row = config.plain_questions if fmt == "plain" else 1
             for at in range(0, len(asked), per_row):
                 group = asked[at:at + per_row]
                 samples.append(self.encoder.encode(fmt, doc, group[0], answer_only, tuple(group[1:])))
                 if rows is None:
-                    length = bucket(len(samples[0].ids), self.config.buckets)
-                    rows = max(1, min(self.config.max_batch, self.config.tokens_per_batch // length))
+                    length = bucket(len(samples[0].ids), config.buckets)
+                    rows = max(1, min(config.max_batch, config.tokens_per_batch // length))
                 if len(samples) >= rows:
                     break
-        return collate(samples, self.encoder.eos, self.config.buckets)
+        return collate(samples, self.encoder.eos, config.buckets)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

@@ -5,6 +5,10 @@ Loss per batch = mean next-token loss over the supervised tokens (every real tok
 JRT and question-first rows: see data.py) + ``answer_weight`` x mean loss of the answers' values +
 ``recall_weight`` x mean loss over the second context copies of JRT rows (off by default: it rewards copying the
 document, not selecting from it; it needs those rows supervised on every token, i.e. not answer-only).
+
+Two phases (``TrainConfig.phase2``): from ``phase2.start`` of the budget on, batches come from ``phase2.mixture`` and
+the recall weight is ``phase2.recall_weight`` (e.g. the first run's dense mixture until recall is learned, then
+answer-only question-first and JRT rows on documents around and beyond what the state holds).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ import torch.nn.functional as F
 
 from .data import Batch, BatchStream, MixtureConfig, SampleEncoder
 from .models import Trainable
+from .report import bin_start, size_bin
+
+
+@dataclass
+class Phase2:
+    """The second phase of a run: from ``start`` (a fraction of the time or step budget) on, batches come from
+    ``mixture`` and the second-copy loss weighs ``recall_weight``. The curriculum level carries over."""
+
+    start: float
+    mixture: MixtureConfig
+    recall_weight: float = 0.0
 
 
 @dataclass
@@ -41,6 +56,10 @@ class TrainConfig:
     log_every_s: float = 30.0
     workers: int = 2  # data-loader processes (0: in this process)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    phase2: Phase2 | None = None  # None: one phase
+
+    def recall_weight_in(self, phase: int) -> float:
+        return self.phase2.recall_weight if phase and self.phase2 is not None else self.recall_weight
 
 
 class Curriculum:
@@ -78,21 +97,25 @@ class Curriculum:
 
 
 class _StreamDataset(torch.utils.data.IterableDataset):
-    """Each loader worker runs its own seeded BatchStream; the curriculum level is shared memory."""
+    """Each loader worker runs its own seeded BatchStream; the curriculum level and the phase are shared memory."""
 
-    def __init__(self, tokenizer, mixture: MixtureConfig, seed: int, level):
+    def __init__(self, tokenizer, mixture: MixtureConfig, seed: int, level, phase2: MixtureConfig | None = None,
+                 phase=None):
         self.tokenizer, self.mixture, self.seed, self.level = tokenizer, mixture, seed, level
+        self.phase2, self.phase = phase2, phase
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
+        phase = (lambda: self.phase.value) if self.phase is not None else None
         stream = BatchStream(SampleEncoder(self.tokenizer), self.mixture, self.seed * 1000 + worker,
-                             lambda: self.level.value)
+                             lambda: self.level.value, self.phase2, phase)
         return iter(stream)
 
 
-def batches(tokenizer, config: TrainConfig, seed: int, level) -> torch.utils.data.DataLoader:
-    dataset = _StreamDataset(tokenizer, config.mixture, seed, level)
+def batches(tokenizer, config: TrainConfig, seed: int, level, phase=None) -> torch.utils.data.DataLoader:
+    phase2 = config.phase2.mixture if config.phase2 is not None else None
+    dataset = _StreamDataset(tokenizer, config.mixture, seed, level, phase2, phase)
     kw = dict(num_workers=config.workers, prefetch_factor=4, persistent_workers=True) if config.workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=torch.cuda.is_available(), **kw)
 
@@ -123,7 +146,8 @@ def batch_loss(logits: torch.Tensor, batch: Batch, answer_weight: float = 1.0, r
     parts = {"lm": ce.mean(), "answer": ce[answers].mean()}
     loss = parts["lm"] + answer_weight * parts["answer"]
     if recall_weight and "jrt" in batch.formats:  # known on the host: no sync
-        parts["recall"] = ce[batch.recall_mask[real]].mean()
+        recall = batch.recall_mask[real]  # empty for answer-only JRT rows (e.g. phase 2): a zero loss, not NaN
+        parts["recall"] = (ce * recall).sum() / recall.sum().clamp(min=1)
         loss = loss + recall_weight * parts["recall"]
     return loss, parts, value_logits.argmax(-1) == value_targets
 
@@ -145,6 +169,7 @@ class TrainResult:
     skipped_steps: int = 0
     stopped: str = "time"  # time | max_steps | diverged
     level: float = 0.0
+    phase2_step: int | None = None  # the first step of phase 2 (None: not reached or no phase 2)
     curriculum: list = field(default_factory=list)
     history: list = field(default_factory=list)
     final: dict = field(default_factory=dict)  # last log line
@@ -159,6 +184,7 @@ class _Meter:
         self.parts: dict[str, list[float]] = {}
         self.tokens = 0
         self.by_format: dict[str, list[int]] = {}
+        self.by_size: dict[str, dict[str, list[int]]] = {}
 
     def add(self, loss: float, parts: dict[str, float], batch: Batch, correct: list[bool]):
         self.n += 1
@@ -168,17 +194,23 @@ class _Meter:
             total[0] += v
             total[1] += 1
         self.tokens += batch.tokens
-        for fmt, ok in zip(batch.formats, correct):
-            hit = self.by_format.setdefault(fmt, [0, 0])
-            hit[0] += ok
-            hit[1] += 1
+        for fmt, records, ok in zip(batch.formats, batch.records, correct):
+            for hit in (self.by_format.setdefault(fmt, [0, 0]),
+                        self.by_size.setdefault(fmt, {}).setdefault(size_bin(records), [0, 0])):
+                hit[0] += ok
+                hit[1] += 1
 
-    def line(self, step: int, elapsed: float, level: float, lr: float, seconds: float) -> dict:
-        return {"step": step, "time_s": round(elapsed, 1), "level": round(level, 4), "lr": round(lr, 6),
+    def line(self, step: int, elapsed: float, level: float, lr: float, seconds: float, phase: int = 0) -> dict:
+        return {"step": step, "time_s": round(elapsed, 1), "phase": phase + 1, "level": round(level, 4),
+                "lr": round(lr, 6),
                 "loss": round(self.loss / max(1, self.n), 4),
                 **{f"{k}_loss": round(v[0] / v[1], 4) for k, v in sorted(self.parts.items())},
                 "tokens_per_s": round(self.tokens / max(seconds, 1e-9)),
-                "value_acc": {f: round(h[0] / h[1], 3) for f, h in sorted(self.by_format.items())}}
+                "value_acc": {f: round(h[0] / h[1], 3) for f, h in sorted(self.by_format.items())},
+                # per format and record count (training names): question-first rows above plain ones at the same
+                # size are what selecting on the question buys
+                "value_acc_by_records": {f: {b: [round(h[0] / h[1], 3), h[1]] for b, h in sorted(
+                    bins.items(), key=lambda item: bin_start(item[0]))} for f, bins in sorted(self.by_size.items())}}
 
 
 def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, device: torch.device,
@@ -188,6 +220,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     budget = config.minutes * 60.0
     curriculum = Curriculum(config)
     level = mp.Value("d", curriculum.level)
+    phase = mp.Value("i", 0)
     vocab_rows = trainable.hf_model.get_input_embeddings().weight.shape[0]
     opt = torch.optim.AdamW(param_groups(trainable, config.weight_decay, vocab_rows), lr=config.lr,
                             betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
@@ -198,7 +231,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     trainable.train(True)
     start = last_log = time.time()
     lr = config.lr
-    loader = iter(batches(tokenizer, config, seed, level))
+    loader = iter(batches(tokenizer, config, seed, level, phase))
     try:
         while True:
             elapsed = time.time() - start
@@ -212,12 +245,17 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
             progress = elapsed / budget
             if config.max_steps:  # a step budget too: the schedule follows whichever runs out first
                 progress = max(progress, result.steps / config.max_steps)
+            if config.phase2 is not None and not phase.value and progress >= config.phase2.start:
+                phase.value = 1  # the loader's prefetched batches of phase 1 still arrive for a few steps
+                result.phase2_step = result.steps
+                log(f"[{trainable.arch}] phase 2 from step {result.steps} ({elapsed:.0f}s)")
             lr = lr_at(config, result.steps, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast:
                 logits = trainable.logits(batch.ids)
-            loss, parts, correct = batch_loss(logits, batch, config.answer_weight, config.recall_weight)
+            loss, parts, correct = batch_loss(logits, batch, config.answer_weight,
+                                              config.recall_weight_in(phase.value))
             if not torch.isfinite(loss):
                 opt.zero_grad(set_to_none=True)
                 result.skipped_steps += 1
@@ -240,7 +278,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
             level.value = curriculum.update(batch, correct_rows, progress, result.steps)
             now = time.time()
             if now - last_log >= config.log_every_s:
-                line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log)
+                line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log, phase.value)
                 result.history.append(line)
                 log(_format(trainable.arch, line))
                 meter, last_log = _Meter(), now
@@ -251,7 +289,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
         loader = None  # stops the worker processes
     now = time.time()
     if meter.n:
-        line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log)
+        line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log, phase.value)
         result.history.append(line)
         log(_format(trainable.arch, line))
     result.seconds, result.level, result.curriculum = now - start, curriculum.level, curriculum.grown_at
@@ -263,5 +301,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
 def _format(arch: str, line: dict) -> str:
     acc = " ".join(f"{k}={v:.2f}" for k, v in line["value_acc"].items())
     parts = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in line.items() if k.endswith("_loss"))
-    return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s level {line['level']:.2f} loss {line['loss']:.3f} "
+    phase = f" phase {line['phase']}" if "phase" in line else ""
+    return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s{phase} level {line['level']:.2f} "
+            f"loss {line['loss']:.3f} "
             f"({parts}) value acc {acc} {line['tokens_per_s'] / 1000:.0f}k tok/s lr {line['lr']:.2e}")

@@ -67,13 +67,17 @@ def target_check(result: dict) -> str:
             f"at {best[0]} records (plain {_pct(best[1]['default'])}%, JRT {_pct(best[1]['jrt'])}%)")
 
 
+def in_arch_order(results: list[dict]) -> list[dict]:
+    order = {a: i for i, a in enumerate(("based", "mamba", "mamba2", "gla", "llama"))}
+    return sorted(results, key=lambda r: (order.get(r.get("arch"), 9), r.get("folder", "")))
+
+
 def summary_markdown(results: list[dict]) -> str:
     sizes = sorted({int(r) for res in results for r in (res.get("accuracy") or {})})
     head = ["model", "params", "state / seq"] + [f"{s} rec. plain / JRT" for s in sizes] + \
         ["steps", "train min", "JRT target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = {a: i for i, a in enumerate(("based", "mamba", "mamba2", "gla", "llama"))}
-    for res in sorted(results, key=lambda r: (order.get(r.get("arch"), 9), r.get("folder", ""))):
+    for res in in_arch_order(results):
         acc = res.get("accuracy") or {}
         cells = []
         for s in sizes:
@@ -99,6 +103,69 @@ def summary_markdown(results: list[dict]) -> str:
         f"JRT target: at a size where plain < {int(PLAIN_BELOW * 100)}%, JRT adds >= {int(JRT_GAIN * 100)} points.",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+SIZE_BINS = (1, 4, 8, 16, 32, 64)
+
+
+def size_bin(records: int) -> str:
+    """"1-1", "2-4", "5-8", ..., "33-64", "65+": the record-count bins of the training log."""
+    lo = 1
+    for hi in SIZE_BINS:
+        if records <= hi:
+            return f"{lo}-{hi}"
+        lo = hi + 1
+    return f"{lo}+"
+
+
+def bin_start(name: str) -> int:
+    """The first record count of a ``size_bin`` name."""
+    return int(name.split("-")[0].rstrip("+"))
+
+
+def phase2_digest(results: list[dict]) -> str:
+    """For runs with a phase 2: the training value accuracy (first answer token, train-split names) of its second
+    half, by format and record count, so that question-first and JRT rows can be set against plain rows of the same
+    size: above them is what reading the question first buys. Empty when no run reached phase 2."""
+    rows, bins = [], set()
+    for res in in_arch_order(results):
+        train = res.get("training") or {}
+        start = train.get("phase2_step")
+        lines = [h for h in train.get("history", []) if h.get("phase") == 2 and "value_acc_by_records" in h]
+        if start is None or not lines:
+            continue
+        lines = lines[len(lines) // 2:]
+        hits: dict[str, dict[str, list[float]]] = {}
+        for line in lines:
+            for fmt, by_bin in line["value_acc_by_records"].items():
+                for b, (acc, n) in by_bin.items():
+                    total = hits.setdefault(b, {}).setdefault(fmt, [0.0, 0])
+                    total[0] += acc * n
+                    total[1] += n
+        bins |= set(hits)
+        rows.append((res, start, lines[0]["step"], hits))
+    if not rows:
+        return ""
+    order = sorted(bins, key=bin_start)
+    head = ["model", "phase 2 from step", "averaged from step"] + [f"{b} rec." for b in order]
+    lines = ["Training value accuracy (%) in the second half of phase 2 by record count, plain / JRT / "
+             "question-first (train-split names, first answer token; - where no row of that kind):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res, start, since, hits in rows:
+        cells = []
+        for b in order:
+            got = hits.get(b, {})
+            cells.append(" / ".join(_pct(got[f][0] / got[f][1]) if got.get(f, [0, 0])[1] else "-"
+                                    for f in ("plain", "jrt", "question_first")))
+        name = f"{res.get('arch')} d{res.get('size', {}).get('d_model', '?')}"
+        lines.append("| " + " | ".join([name, str(start), str(since), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_with_digest(results: list[dict]) -> str:
+    """The table, then the phase-2 digest where a run has one."""
+    digest = phase2_digest(results)
+    return summary_markdown(results) + ("\n" + digest if digest else "")
 
 
 def weight_files(folder: Path) -> list[Path]:
