@@ -110,8 +110,13 @@ class Block(nn.Module):
         """One token, with the residual adds moved one norm later: takes the previous block's output ``y`` not
         yet added to ``h`` and returns (h, this block's output) the same way, so that every add runs inside the
         next norm's kernel. ``h + y`` after the last block equals ``step``'s result."""
-        h, x = self._add_normed(self.norm, h, y)
-        y = self.mixer.step(x, state, positions)
+        proj = getattr(self.mixer, "step_in_proj", None)
+        if proj is not None and getattr(self.norm, "fuses_cast", False):  # norm and in_proj in one kernel
+            h, zx = self.norm.add_forward_linear(h, y, self.residual_in_fp32, proj, cast=self.norm.weight.dtype)
+            y = self.mixer.step_projected(zx, state, positions)
+        else:
+            h, x = self._add_normed(self.norm, h, y)
+            y = self.mixer.step(x, state, positions)
         if self.mlp is not None:
             h, x = self._add_normed(self.norm2, h, y)
             y = self.mlp(x)

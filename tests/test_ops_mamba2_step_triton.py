@@ -3,7 +3,7 @@
 CPU: the kernels run under Triton's interpreter in one child process (``python tests/test_ops_mamba2_step_triton.py``
 with TRITON_INTERPRET=1; see tests/triton_child.py); each pytest test reports one check. The checks step several
 tokens from a non-zero state and compare the output and both states after every token, over groups, conv widths,
-conv bias, norm on/off/first, D per head or per channel, dt limits and dtypes.
+conv bias, D per head or per channel, dt limits and dtypes (the gate and norm after it: test_ops_norm_linear_triton.py).
 GPU (``pytest -m gpu``): the same checks compiled, the Mamba-2 370M shape, CUDA-graph capture, and a whole model's
 decode against the reference path.
 """
@@ -30,7 +30,7 @@ def rel(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def make(batch=2, heads=4, head_dim=8, d_state=16, groups=2, K=4, bias=True, norm=True, D_per_channel=False,
+def make(batch=2, heads=4, head_dim=8, d_state=16, groups=2, K=4, bias=True, D_per_channel=False,
          dtype=torch.float32, device=None, seed=0):
     """Parameters and a non-zero state of one Mamba-2 layer (random, realistic ranges), as op arguments."""
     g = torch.Generator().manual_seed(seed)
@@ -43,24 +43,22 @@ def make(batch=2, heads=4, head_dim=8, d_state=16, groups=2, K=4, bias=True, nor
 
     p = dict(conv_weight=r(conv_dim, K, scale=0.5).to(dtype), conv_bias=r(conv_dim, scale=0.1).to(dtype) if bias else None,
              A_log=r(heads, scale=0.5).float(), D=(r(heads, head_dim) if D_per_channel else r(heads)).to(dtype),
-             dt_bias=r(heads, scale=0.5).to(dtype), norm_weight=(1 + r(d_inner, scale=0.1)).to(dtype) if norm else None)
+             dt_bias=r(heads, scale=0.5).to(dtype))
     conv_state = r(batch, K - 1, conv_dim).to(dtype)
     ssm_state = r(batch, heads, head_dim, d_state, scale=0.3).float()
     tokens = [r(batch, 2 * d_inner + 2 * groups * d_state + heads).to(dtype) for _ in range(3)]
     return p, conv_state, ssm_state, tokens
 
 
-def compare(kernel_fn, reference_fn, *, groups=2, tol=1e-5, state_tol=None, norm_before_gate=False,
-            dt_limit=(0.0, math.inf), **shape):
+def compare(kernel_fn, reference_fn, *, groups=2, tol=1e-5, state_tol=None, dt_limit=(0.0, math.inf), **shape):
     p, conv_state, ssm_state, tokens = make(groups=groups, **shape)
-    kw = dict(n_groups=groups, dt_limit=dt_limit, norm_eps=1e-5, norm_before_gate=norm_before_gate)
+    kw = dict(n_groups=groups, dt_limit=dt_limit)
     states = {"k": (conv_state.clone(), ssm_state.clone()), "r": (conv_state.clone(), ssm_state.clone())}
     for i, zx in enumerate(tokens):
         out = {}
         for name, fn in (("k", kernel_fn), ("r", reference_fn)):
             cs, ss = states[name]
-            out[name] = fn(zx, cs, p["conv_weight"], p["conv_bias"], ss, p["A_log"], p["D"], p["dt_bias"],
-                           p["norm_weight"], **kw)
+            out[name] = fn(zx, cs, p["conv_weight"], p["conv_bias"], ss, p["A_log"], p["D"], p["dt_bias"], **kw)
         (kc, ks), (rc, rs) = states["k"], states["r"]
         assert out["k"].dtype == out["r"].dtype == zx.dtype and out["k"].shape == out["r"].shape
         errs = rel(out["k"], out["r"]), rel(kc, rc), rel(ks, rs)
@@ -78,21 +76,29 @@ def _kernel():
 
 def check_fp32_configs():
     k, r = _kernel()
-    for cfg in (dict(), dict(groups=1), dict(K=3, bias=False), dict(K=2), dict(norm=False),
-                dict(D_per_channel=True), dict(head_dim=12, d_state=12), dict(batch=1, heads=2, groups=1)):
+    for cfg in (dict(), dict(groups=1), dict(K=3, bias=False), dict(K=2), dict(D_per_channel=True),
+                dict(head_dim=12, d_state=12), dict(batch=1, heads=2, groups=1), dict(batch=3, heads=8, groups=4)):
         compare(k, r, **cfg)
 
 
-def check_fp32_norm_before_gate_and_dt_limit():
+def check_fp32_dt_limit():
     k, r = _kernel()
-    compare(k, r, norm_before_gate=True)
     compare(k, r, dt_limit=(0.05, 0.4))
+
+
+def check_counters_return_to_zero():
+    """The B/C conv-state shift is done by the last program of each (batch row, group), which resets its
+    counter: after a launch every counter is zero again."""
+    from jrt_prompt.ops.mamba2_step import triton_step
+    k, r = _kernel()
+    compare(k, r, batch=3, heads=8, groups=4)
+    assert all(int(buf.abs().sum()) == 0 for buf in triton_step._COUNTERS.values())
 
 
 def check_bf16():
     """bf16 weights and activations (fp32 states): the kernel rounds once where the reference rounds each op."""
     k, r = _kernel()
-    for cfg in (dict(), dict(groups=1, norm=False)):
+    for cfg in (dict(), dict(groups=1)):
         compare(k, r, dtype=torch.bfloat16, tol=2e-2, state_tol=2e-2, **cfg)
 
 
@@ -101,7 +107,7 @@ def check_errors():
     k, _ = _kernel()
     p, cs, ss, tokens = make()
     args = (p["conv_weight"], p["conv_bias"])
-    rest = (p["A_log"], p["D"], p["dt_bias"], p["norm_weight"])
+    rest = (p["A_log"], p["D"], p["dt_bias"])
     for bad, why in ((lambda: k(tokens[0][:, :-1], cs, *args, ss, *rest, n_groups=2), "zxbcdt"),
                      (lambda: k(tokens[0], cs, *args, ss.double(), *rest, n_groups=2), "float32"),
                      (lambda: k(tokens[0], cs, *args, ss, *rest, n_groups=3), "G = 3")):
@@ -128,9 +134,9 @@ def test_dispatch_takes_reference_on_cpu_and_under_grad():
     from jrt_prompt.ops.mamba2_step import mamba2_step, naive
     p, cs, ss, tokens = make()
     a = mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A_log"], p["D"],
-                    p["dt_bias"], p["norm_weight"], n_groups=2)
+                    p["dt_bias"], n_groups=2)
     b = naive.mamba2_step(tokens[0], cs.clone(), p["conv_weight"], p["conv_bias"], ss.clone(), p["A_log"], p["D"],
-                          p["dt_bias"], p["norm_weight"], n_groups=2)
+                          p["dt_bias"], n_groups=2)
     assert torch.equal(a, b)
 
 
@@ -163,7 +169,7 @@ def test_gpu_370m_shape(batch):
 def test_gpu_graph_capture():
     k, _ = _kernel()
     p, cs, ss, tokens = make(device="cuda", dtype=torch.bfloat16)
-    args = (p["conv_weight"], p["conv_bias"], p["A_log"], p["D"], p["dt_bias"], p["norm_weight"])
+    args = (p["conv_weight"], p["conv_bias"], p["A_log"], p["D"], p["dt_bias"])
 
     def run(zx, c, s):
         return k(zx, c, args[0], args[1], s, *args[2:], n_groups=2)

@@ -14,7 +14,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.triton_child import child_main, collect_checks, interpreter_tests  # noqa: E402
+from tests.triton_child import child_main, collect_checks, interpreter_tests, on_device  # noqa: E402
 
 DEVICE = "cpu"
 
@@ -145,13 +145,9 @@ def test_modules_take_the_reference_on_cpu():
 
 @pytest.mark.gpu
 def test_gpu_checks():
-    global DEVICE
-    DEVICE = "cuda"
-    try:
+    with on_device(globals(), "cuda"):
         for fn in CHECKS.values():
             fn()
-    finally:
-        DEVICE = "cpu"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +63,17 @@ def child_main(checks: dict[str, Callable], compile_fn: Callable[[], dict] | Non
     import torch
     torch.set_num_threads(1)
     print(RESULT_TAG + json.dumps(run_checks(checks)), flush=True)
+
+
+@contextmanager
+def on_device(namespace: dict, device: str):
+    """Inside the block a test file's checks run on ``device`` (they read the module global DEVICE)."""
+    prev = namespace["DEVICE"]
+    namespace["DEVICE"] = device
+    try:
+        yield
+    finally:
+        namespace["DEVICE"] = prev
 
 
 def interpreter_tests(test_file: str, checks: dict[str, Callable]):

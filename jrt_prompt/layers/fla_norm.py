@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.norm import add_rms_norm, rms_norm
+from ..ops.norm_linear import add_rms_norm_linear
 
 
 class FlaRMSNorm(nn.Module):
@@ -44,6 +45,12 @@ class FlaRMSNorm(nn.Module):
         """(h + y, forward(h + y, cast=cast)), the sum in float32 when ``residual_fp32``: one kernel on CUDA."""
         return add_rms_norm(h, y, self.weight, self.eps, hf_rounding=False, residual_fp32=residual_fp32, cast=cast,
                             out_dtype=self.out_dtype)
+
+    def add_forward_linear(self, h: torch.Tensor, y: torch.Tensor | None, residual_fp32: bool, linear: nn.Linear,
+                           cast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + y, linear(forward(h + y, cast=cast))) (``y`` None: no add): one kernel on CUDA for a few rows."""
+        return add_rms_norm_linear(h, y, self.weight, self.eps, linear.weight, linear.bias, hf_rounding=False,
+                                   residual_fp32=residual_fp32, cast=cast, out_dtype=self.out_dtype)
 
     def _apply(self, fn, recurse: bool = True):
         # model.to(dtype) / .half() re-types the output together with the weights (fn casts floating tensors only)

@@ -17,6 +17,7 @@ from torch import nn
 from ..ops.conv import causal_conv1d
 from ..ops.mamba2_step import mamba2_step
 from ..ops.norm import gated_rms_norm
+from ..ops.norm_linear import gated_rms_norm_linear
 from ..ops.ssd import ssd
 from ..state import LayerState
 from .mamba import activation, depthwise_conv
@@ -99,12 +100,21 @@ class Mamba2Mixer(nn.Module):
                      dt_limit=self.dt_limit, initial_state=state["ssm"], mask=mask, chunk_size=self.chunk_size)
         return self.out_proj(self._gate(y.flatten(-2), z)), {"conv": tail, "ssm": ssm}
 
+    @property
+    def step_in_proj(self) -> nn.Linear:
+        """The projection a decode step starts with: the block fuses its norm into it (``step_projected``)."""
+        return self.in_proj
+
     def step(self, u, state, positions):
+        return self.step_projected(self.in_proj(u), state, positions)
+
+    def step_projected(self, zxbcdt, state, positions):
         # dt_limit clamps here too, unlike mamba_ssm's own step (the same for the released (0, inf) limit).
-        norm = self.norm
-        y = mamba2_step(self.in_proj(u), state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
-                        self.A_log, self._skip_weight(), self.dt_bias,
-                        norm.weight if norm is not None else None, n_groups=self.n_groups, act=self.act,
-                        dt_limit=self.dt_limit, norm_eps=norm.eps if norm is not None else 1e-5,
-                        norm_before_gate=norm.norm_before_gate if norm is not None else False)
-        return self.out_proj(y)
+        y = mamba2_step(zxbcdt, state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
+                        self.A_log, self._skip_weight(), self.dt_bias, n_groups=self.n_groups, act=self.act,
+                        dt_limit=self.dt_limit)
+        z, norm = zxbcdt[..., :self.d_inner], self.norm
+        if norm is None:  # no norm: y * silu(z)
+            return gated_rms_norm_linear(y, z, None, self.d_inner, 0.0, False, self.out_proj.weight, self.out_proj.bias)
+        return gated_rms_norm_linear(y, z, norm.weight, norm.group_size, norm.eps, norm.norm_before_gate,
+                                     self.out_proj.weight, self.out_proj.bias)

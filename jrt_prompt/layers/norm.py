@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops.norm import add_rms_norm, rms_norm
+from ..ops.norm_linear import add_rms_norm_linear
 
 
 class RMSNorm(nn.Module):
@@ -23,3 +24,9 @@ class RMSNorm(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h + y, forward(h + y, cast)), the sum in float32 when ``residual_fp32``: one kernel on CUDA."""
         return add_rms_norm(h, y, self.weight, self.eps, hf_rounding=True, residual_fp32=residual_fp32, cast=cast)
+
+    def add_forward_linear(self, h: torch.Tensor, y: torch.Tensor | None, residual_fp32: bool, linear: nn.Linear,
+                           cast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + y, linear(forward(h + y, cast))) (``y`` None: no add): one kernel on CUDA for a few rows."""
+        return add_rms_norm_linear(h, y, self.weight, self.eps, linear.weight, linear.bias, hf_rounding=True,
+                                   residual_fp32=residual_fp32, cast=cast)

@@ -1,7 +1,7 @@
-"""One-token Mamba-2 mixer step (between in_proj and out_proj), states updated in place.
+"""One-token Mamba-2 mixer step (between in_proj and the gated norm), states updated in place.
 
-The fast path (``triton_step``: two fused launches) runs when every tensor is on CUDA, the activation is
-SiLU, no gradient is needed and Triton imports; otherwise the reference (``naive``: the prefill's own ops).
+The fast path (``triton_step``: one fused launch) runs when every tensor is on CUDA, the activation is SiLU, no
+gradient is needed and Triton imports; otherwise the reference (``naive``: the prefill's own ops).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from . import naive
 FAST_STEP = "jrt_prompt.ops.mamba2_step.triton_step"
 
 
-def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight, *,
-                n_groups: int, act=F.silu, dt_limit=naive.NO_LIMIT, norm_eps: float = 1e-5,
-                norm_before_gate: bool = False) -> torch.Tensor:
-    """See ``naive.mamba2_step``: zxbcdt [B, 2 d_inner + 2 G N + H] -> [B, d_inner]."""
-    kw = dict(n_groups=n_groups, act=act, dt_limit=dt_limit, norm_eps=norm_eps, norm_before_gate=norm_before_gate)
-    tensors = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, norm_weight)
+def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias, *,
+                n_groups: int, act=F.silu, dt_limit=naive.NO_LIMIT) -> torch.Tensor:
+    """See ``naive.mamba2_step``: zxbcdt [B, 2 d_inner + 2 G N + H] -> y [B, d_inner] (before gate and norm)."""
+    kw = dict(n_groups=n_groups, act=act, dt_limit=dt_limit)
+    tensors = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if act is F.silu and not grad and use_fast_path(*tensors) and importable(FAST_STEP):
         return importlib.import_module(FAST_STEP).mamba2_step(*tensors, **kw)
