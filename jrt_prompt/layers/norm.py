@@ -27,6 +27,6 @@ class RMSNorm(nn.Module):
 
     def add_forward_linear(self, h: torch.Tensor, y: torch.Tensor | None, residual_fp32: bool, linear: nn.Linear,
                            cast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h + y, linear(forward(h + y, cast))) (``y`` None: no add): one kernel on CUDA for a few rows."""
+        """(h + y, linear(forward(h + y, cast))) (``y`` None: no add): one kernel on CUDA at batch 1."""
         return add_rms_norm_linear(h, y, self.weight, self.eps, linear.weight, linear.bias, hf_rounding=True,
                                    residual_fp32=residual_fp32, cast=cast)

@@ -155,10 +155,11 @@ def _step_kernel(
 _COUNTERS: dict = {}
 
 
+@torch.compiler.disable  # plain Python state (a dict of buffers), not for tracing
 def _counters(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 counters, one per (batch row, group), kept per device and stream (each launch leaves them at
     zero again), so that a CUDA graph captures fixed pointers."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
     buf = _COUNTERS.get((device, stream))
     if buf is None or buf.numel() < n:
         buf = _COUNTERS[(device, stream)] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)

@@ -1,11 +1,11 @@
-"""A norm and the projection that reads it, for decode steps of a few rows: ``add_rms_norm_linear`` (a block's
+"""A norm and the projection that reads it, for decode steps: ``add_rms_norm_linear`` (a block's
 residual add, its RMSNorm and the mixer's in_proj) and ``gated_rms_norm_linear`` (Mamba-2's gated output norm
 and out_proj).
 
 At batch 1 a projection is a matrix-vector product bound by reading the weight, and the norm before it is a
 launch of its own that reads one row. The fast path (``triton_norm_linear``) does both in one launch: each
 program starts its share of the weight streaming, then normalises the row itself (it is small and sits in L2)
-while the weight arrives. It runs for up to ``MAX_ROWS`` rows on CUDA without gradients; otherwise the norm op
+while the weight arrives. It runs for ``MAX_ROWS`` (one) row on CUDA without gradients; otherwise the norm op
 (``ops.norm``, itself one kernel on CUDA) and ``F.linear`` run one after the other.
 """
 
