@@ -94,11 +94,13 @@ class RecurrentState:
 
     def copy_(self, other: "RecurrentState") -> "RecurrentState":
         """Overwrite this state's buffers with ``other``'s values, keeping addresses (static buffers, CUDA graphs)."""
-        if len(other.layers) != len(self.layers):
+        if len(other.layers) != len(self.layers) or any(a.keys() != b.keys() for a, b in zip(self.layers, other.layers)):
             raise ValueError("cannot copy a state of a different model")
-        for mine, theirs in zip(self.tensors(), other.tensors()):
+        pairs = [(self.seen, other.seen)] + [(a[k], b[k]) for a, b in zip(self.layers, other.layers) for k in a]
+        for mine, theirs in pairs:  # by name: a layer's forward may return its tensors in another order
             if mine.shape != theirs.shape:
                 raise ValueError(f"state shapes differ: {tuple(mine.shape)} vs {tuple(theirs.shape)}")
+        for mine, theirs in pairs:
             mine.copy_(theirs)
         return self
 

@@ -87,7 +87,19 @@ def check_fork(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=2):
     assert all(torch.count_nonzero(t) == 0 for t in empty.tensors()), "forward mutated the empty state"
 
 
+@torch.no_grad()
+def check_load_into_static_state(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=3):
+    """A prefilled state copied into ``init_state``'s buffers (what a CUDA-graph decode does before replaying)
+    steps like the prefilled state itself (a layer's forward may name its tensors in another order)."""
+    g = torch.Generator().manual_seed(seed)
+    _, s = lm(torch.randint(0, vocab, (2, 9), generator=g))
+    static = lm.init_state(2).copy_(s)
+    tok = torch.randint(0, vocab, (2,), generator=g)
+    _close(lm.step(tok, static)[0], lm.step(tok, s.fork())[0], tol, "a step from a state loaded into static buffers")
+
+
 def check_all(lm: RecurrentLM, vocab: int, tol=1e-4):
     check_split_points(lm, vocab, tol=tol)
     check_left_padding(lm, vocab, tol=tol)
     check_fork(lm, vocab, tol=tol)
+    check_load_into_static_state(lm, vocab, tol=tol)
