@@ -170,6 +170,6 @@ def test_ssd_fla_matches_reference_on_cuda(dtype, tol):
         ry, rh = ssd(**kw, initial_state=h0, mask=mask, chunk_size=64)
     assert y.dtype == dtype and h.dtype == torch.float32
     assert rel(y, ry) < tol and rel(h, rh) < tol
-    # Automatic dispatch on CUDA takes the kernel path.
+    # Automatic dispatch on CUDA takes the kernel path for bf16, the exact reference for float32 (TF32 above).
     ay, _ = ssd(**kw, initial_state=h0, mask=mask)
-    assert rel(ay, y) < 1e-6
+    assert rel(ay, y if dtype == torch.bfloat16 else ry) < 1e-6

@@ -2,10 +2,13 @@
 
 SSD is simple gated linear attention (one scalar log-decay per head and token) plus a skip term:
 q = C, k = B, v = x * dt, log-decay g = A * dt, scale 1. On CUDA, when flash-linear-attention imports,
-``ssd`` runs fla's ``chunk_simple_gla`` kernel with that mapping; elsewhere the chunked PyTorch reference.
+``ssd`` runs fla's ``chunk_simple_gla`` kernel with that mapping (16-bit inputs); elsewhere, and for float32
+inputs, the chunked PyTorch reference.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..backend import importable, use_fast_path
 from .naive import NO_LIMIT, add_skip, prepare_dt, ssd_chunked, ssd_recurrent, ssd_state_update
@@ -21,7 +24,9 @@ def ssd(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_L
     initial_state: [B, H, P, N] float32 (None: zeros); mask: [B, L] bool (left padding).
     Returns y [B, L, H, P] in x's dtype and the final state [B, H, P, N] float32."""
     kw = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=initial_state, mask=mask)
-    if use_fast_path(x, dt, B, C, initial_state) and importable(FLA_MODULE):
+    # float32 inputs take the reference: fla's kernels run float32 dots in TF32 (logits 1.0e-3 to 1.5e-3 from
+    # the float32 reference on an H100, 2026-11-24), too far for a float32 model
+    if x.dtype != torch.float32 and use_fast_path(x, dt, B, C, initial_state) and importable(FLA_MODULE):
         return ssd_fla(x, dt, A, B, C, D, **kw)
     return ssd_chunked(x, dt, A, B, C, D, chunk_size=chunk_size, **kw)
 
