@@ -21,6 +21,10 @@ copying); one format and one size per batch. ``--records``, ``--mix``, ``--answe
 ``--phase2-records``, ``--phase2-answer-only``, ``--phase2-plain-questions``, ``--phase2-recall-weight``) after a
 fraction F of the budget: e.g. the first GPU run's dense recall mixture first, then answer-only question-first and
 JRT rows (examples/recall_training/gpu_run4.sh and NOTES.md). ``--buckets`` sets the padded row lengths.
+The curriculum (``--start-level`` below 1) grows on every row by default; ``--growth-rule hard-rows`` and
+``--record-sampling top-half`` give the first GPU run's (only rows near the level's top count; half the batches
+near the top), and ``--phase2-when-acc`` starts phase 2 once plain rows at the top are recalled
+(examples/recall_training/gpu_run5.sh).
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
 (``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
@@ -69,6 +73,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data-loader workers 
 from recall_training import data as data_mod  # noqa: E402
 from recall_training import report  # noqa: E402
 from recall_training import models as models_mod  # noqa: E402
+from recall_training.loop import GROWTH_RULES  # noqa: E402
 from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
 CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes"}
@@ -79,9 +84,10 @@ REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192}  # Mamba's bat
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to do")
-    what.add_argument("--arch", help=f"{', '.join(ARCHS)} or all")
-    what.add_argument("--out", type=Path, help="run folder (with --arch all: one subfolder per architecture)")
-    what.add_argument("--parallel", action="store_true", help="with --arch all: train the five at once on one GPU")
+    what.add_argument("--arch", help=f"{', '.join(ARCHS)}, all, or a comma-separated list (launched in that order)")
+    what.add_argument("--out", type=Path, help="run folder (with --arch all or a list: one subfolder per architecture)")
+    what.add_argument("--parallel", action="store_true",
+                      help="with --arch all or a list: train them at once on one GPU")
     what.add_argument("--deadline-minutes", type=float,
                       help="with --arch all: stop any child still running this long after the launch (default: "
                            "--minutes + --eval-minutes + 4 per child), then print the table")
@@ -114,6 +120,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="records per training document of each format, a range (test documents: --eval-records)")
     train.add_argument("--start-level", type=float, default=1.0,
                        help="curriculum: start with this fraction of each format's largest record count (1: off)")
+    train.add_argument("--growth-rule", choices=GROWTH_RULES, default="all-rows",
+                       help="curriculum: which rows' rolling accuracy grows the level: every row (all-rows), or "
+                            "only rows with at least half of their batch's top record count, from batches drawn "
+                            "since the last growth (hard-rows: the first GPU run's test)")
+    train.add_argument("--record-sampling", choices=data_mod.SAMPLINGS, default="uniform",
+                       help="record counts under the curriculum's top: uniform in [lo, top], or top-half (the first "
+                            "GPU run's: half the batches from [top/2, top], half from [lo, top])")
     train.add_argument("--floor-from", type=float, default=0.45,
                        help="fraction of the budget after which the curriculum is pushed towards the full ranges "
                             "even without recall (1: never)")
@@ -143,6 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     two.add_argument("--phase2-answer-only", help="--answer-only of phase 2")
     two.add_argument("--phase2-plain-questions", type=int, help="--plain-questions of phase 2")
     two.add_argument("--phase2-recall-weight", type=float, default=0.0, help="--recall-weight of phase 2")
+    two.add_argument("--phase2-when-acc", type=float, metavar="A",
+                     help="start phase 2 as soon as the rolling value accuracy of plain rows at the curriculum's "
+                          "top (level 1, rows of at least half the top record count) reaches A; --phase2-from "
+                          "stays the latest start")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-records", default="4,8,16,32,64", help="document sizes (records of 3 facts)")
     ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
@@ -154,13 +171,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.summarize or args.export_demo or args.arch):
         p.error("give --arch (and --out), --summarize DIR... or --export-demo RUN")
-    if args.arch and args.arch != "all" and args.arch not in ARCHS:
-        p.error(f"--arch must be one of {', '.join(ARCHS)} or all")
+    if args.arch and not set(arch_list(args.arch)) <= set(ARCHS):
+        p.error(f"--arch must be one of {', '.join(ARCHS)}, all, or a comma-separated list of them")
     if args.arch and args.out is None:
         p.error("--out is required with --arch")
     if args.phase2_from is None and any(getattr(args, k) is not None for k in (
-            "phase2_mix", "phase2_records", "phase2_answer_only", "phase2_plain_questions")):
+            "phase2_mix", "phase2_records", "phase2_answer_only", "phase2_plain_questions", "phase2_when_acc")):
         p.error("the --phase2-* options need --phase2-from")
+    if args.phase2_when_acc is not None and not 0 <= args.phase2_when_acc <= 1:
+        p.error(f"--phase2-when-acc {args.phase2_when_acc} must be an accuracy (0 to 1)")
     if args.arch:  # a bad mixture fails here, not in five children
         try:
             for mixture in filter(None, mixtures(args)):
@@ -168,6 +187,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as e:
             p.error(str(e))
     return args
+
+
+def arch_list(text: str) -> list[str]:
+    """--arch: one architecture, all, or a comma-separated list."""
+    return list(ARCHS) if text == "all" else [a.strip() for a in text.split(",") if a.strip()]
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -224,7 +248,7 @@ def mixtures(args) -> tuple[data_mod.MixtureConfig, data_mod.MixtureConfig | Non
                                    answer_only=parse_formats(args.answer_only),
                                    plain_questions=max(1, args.plain_questions),
                                    attributes=parse_range(args.attributes), tokens_per_batch=args.tokens_per_batch,
-                                   buckets=parse_buckets(args.buckets))
+                                   buckets=parse_buckets(args.buckets), sampling=args.record_sampling)
     if args.phase2_from is None:
         return first, None
     if not 0 <= args.phase2_from <= 1:
@@ -331,9 +355,10 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
     else:
         results["state_bytes"] = models.state_bytes(trainable)
     mixture, second = mixtures(args)
-    phase2 = None if second is None else loop.Phase2(args.phase2_from, second, args.phase2_recall_weight)
+    phase2 = None if second is None else loop.Phase2(args.phase2_from, second, args.phase2_recall_weight,
+                                                     args.phase2_when_acc)
     config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
-                              start_level=args.start_level,
+                              start_level=args.start_level, growth_rule=args.growth_rule,
                               floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),
                               answer_weight=args.answer_weight, recall_weight=args.recall_weight,
                               log_every_s=args.log_every, workers=args.workers, mixture=mixture, phase2=phase2)
@@ -451,7 +476,7 @@ def child_argv(argv: list[str]) -> list[str]:
 
 
 def run_all(args, argv: list[str]) -> int:
-    """Each architecture in its own process (at once with --parallel), sharing one tokenizer; logs go to
+    """Each architecture of --arch in its own process (at once with --parallel), sharing one tokenizer; logs go to
     DIR/<arch>/train.log and are echoed here; a child past its deadline is stopped. Prints the table at the end."""
     from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
@@ -467,7 +492,7 @@ def run_all(args, argv: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     codes: dict[str, int | None] = {}
-    pending = list(ARCHS)
+    pending = arch_list(args.arch)
     running: dict[str, tuple[subprocess.Popen, float, Path, object]] = {}
     positions: dict[str, int] = {}
     while pending or running:
@@ -560,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         return summarize(args.summarize, args.write)
     if args.export_demo:
         return export_demo(args.export_demo, args.demo_dest)
-    if args.arch == "all":
+    if args.arch == "all" or "," in args.arch:
         return run_all(args, argv)
     return run_one(args, args.arch, args.out)
 

@@ -321,6 +321,105 @@ def test_curriculum_grows_on_recall_and_with_time():
         assert max(stream.row_records("plain") for _ in range(300)) == top
 
 
+def _stand_in_batch(rows: int, records: int, level: float, top: int, fmt: str = "plain") -> data.Batch:
+    """A batch as the curriculum sees it: its rows' format and record count, and the level and top it was drawn at."""
+    return data.Batch(torch.zeros(rows, 8, dtype=torch.long), torch.ones(rows, 7, dtype=torch.bool),
+                      torch.zeros(rows, 7, dtype=torch.bool), torch.zeros(rows, dtype=torch.long),
+                      torch.zeros(rows, 7, dtype=torch.bool), [fmt] * rows, [records] * rows, [8] * rows, level, top)
+
+
+def test_hard_rows_growth_holds_on_easy_small_documents():
+    """--growth-rule hard-rows: a stand-in model answers every 1-record row and a third of the rows at the level's
+    top (4 records), batches alternating as the loader's do. The default rule grows within two steps (256 easy rows
+    fill half the window); hard-rows holds until rows of 2-4 records reach 80%, then leaves out the batches drawn
+    before that growth (the loader's prefetched ones) however right they are."""
+    def run(rule, hard_share, steps, level=0.25, top=4, cur=None):
+        cur = cur or loop.Curriculum(loop.TrainConfig(start_level=0.25, growth_rule=rule))
+        for step in range(steps):
+            cur.update(_stand_in_batch(256, 1, level, top), [True] * 256, progress=0.1, step=step)
+            right = int(32 * hard_share)
+            cur.update(_stand_in_batch(32, top, level, top), [True] * right + [False] * (32 - right), 0.1, step)
+        return cur
+
+    assert run("all-rows", 1 / 3, steps=2).level == 0.375  # grown on the easy rows
+    held = run("hard-rows", 1 / 3, steps=100)
+    assert held.level == 0.25 and held.grown_at == []
+    grown = run("hard-rows", 0.9, steps=16, cur=held)  # 16 x 32 hard rows at 90%: the window is full
+    assert grown.level == 0.375 and grown.counted_from == 0.375
+    run("hard-rows", 1.0, steps=40, cur=grown)  # drawn at the old level: left out
+    assert grown.level == 0.375 and len(grown.recent) == 0
+    run("hard-rows", 1.0, steps=16, level=0.375, top=6, cur=grown)  # drawn at the new level
+    assert grown.level == 0.375 * 1.5
+    with pytest.raises(ValueError):
+        loop.Curriculum(loop.TrainConfig(growth_rule="some-rows"))
+    args = train_recall.parse_args(["--arch", "based,gla", "--out", "x", "--growth-rule", "hard-rows"])
+    assert args.growth_rule == "hard-rows" and train_recall.arch_list(args.arch) == ["based", "gla"]
+    assert train_recall.parse_args(["--arch", "all", "--out", "x"]).growth_rule == "all-rows"  # the default
+
+
+def test_top_half_record_sampling_draws_half_the_batches_near_the_top(tok):
+    """--record-sampling top-half (the first GPU run's): half the batches from [top // 2, top], half from [lo, top];
+    the batch says the level and top it was drawn at."""
+    records = {"plain": (1, 40), "jrt": (1, 20), "question_first": (1, 40)}
+    level = [1.0]
+
+    def draws(sampling, n=4000):
+        stream = data.BatchStream(data.SampleEncoder.__new__(data.SampleEncoder),
+                                  data.MixtureConfig(records=records, sampling=sampling), 0, lambda: level[0])
+        return [stream.row_records("plain") for _ in range(n)]
+
+    top_half, uniform = draws("top-half"), draws("uniform")
+    assert min(top_half) == 1 and max(top_half) == 40 and min(uniform) == 1 and max(uniform) == 40
+    share = lambda d, least: sum(r >= least for r in d) / len(d)  # noqa: E731
+    assert abs(share(top_half, 20) - (0.5 + 0.5 * 21 / 40)) < 0.03 and abs(share(uniform, 20) - 21 / 40) < 0.03
+    level[0] = 0.25  # top 10
+    assert max(draws("top-half")) == 10 and abs(share(draws("top-half"), 5) - (0.5 + 0.5 * 6 / 10)) < 0.03
+    stream = data.BatchStream(data.SampleEncoder(tok), data.MixtureConfig(
+        mix={"jrt": 1}, records=records, sampling="top-half", tokens_per_batch=1024), 0, lambda: 0.5)
+    b = stream.batch()
+    assert b.level == 0.5 and b.top == 10 and 1 <= b.records[0] <= 10
+    with pytest.raises(ValueError):
+        data.check_mixture(data.MixtureConfig(sampling="half"))
+    args = train_recall.parse_args(["--arch", "based", "--out", "x", "--record-sampling", "top-half",
+                                    "--phase2-from", "0.5"])
+    assert [m.sampling for m in train_recall.mixtures(args)] == ["top-half", "top-half"]
+
+
+def test_phase2_starts_when_plain_rows_at_the_top_are_recalled(tok, monkeypatch):
+    """--phase2-when-acc A: phase 2 starts once the plain rows of at least half the top record count, from batches
+    drawn at level 1, are A right over the window; rows of other formats, smaller rows and rows drawn below level 1
+    do not count; --phase2-from stays the latest start."""
+    phase2 = loop.Phase2(0.6, data.MixtureConfig(), when_acc=0.7)
+    cur = loop.Curriculum(loop.TrainConfig(start_level=0.5))
+    for step in range(40):  # all right, but not plain rows at the top
+        for batch in (_stand_in_batch(32, 20, 0.5, 20), _stand_in_batch(32, 40, 1.0, 40, "jrt"),
+                      _stand_in_batch(32, 19, 1.0, 40)):
+            cur.update(batch, [True] * 32, 0.1, step)
+    assert cur.top_accuracy() is None and loop.phase2_trigger(phase2, cur, 0.1) is None
+    assert loop.phase2_trigger(phase2, cur, 0.6) == "time"  # the latest start
+    for share, want in ((0.5, None), (0.75, "accuracy")):
+        for step in range(16):
+            right = int(32 * share)
+            cur.update(_stand_in_batch(32, 20, 1.0, 40), [True] * right + [False] * (32 - right), 0.3, step)
+        assert cur.top_accuracy() == share and loop.phase2_trigger(phase2, cur, 0.3) == want
+    with pytest.raises(SystemExit):
+        train_recall.parse_args(["--arch", "based", "--out", "x", "--phase2-from", "0.5", "--phase2-when-acc", "2"])
+
+    monkeypatch.setattr(loop.Curriculum, "WINDOW", 4)  # in training: the first batch (4 plain rows) fills it
+    args = train_recall.parse_args(["--arch", "gla", "--out", "x", "--mix", "plain=1", "--records", "plain=1-2",
+                                    "--plain-questions", "1", "--phase2-from", "1", "--phase2-when-acc", "0",
+                                    "--phase2-mix", "jrt=1"])
+    first, second = train_recall.mixtures(args)
+    config = loop.TrainConfig(minutes=1, max_steps=3, warmup_steps=1, workers=0, log_every_s=0,
+                              mixture=replace(first, tokens_per_batch=256),
+                              phase2=loop.Phase2(1.0, replace(second, tokens_per_batch=256), when_acc=0.0))
+    hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
+    said = []
+    result = loop.train(models.make_trainable("gla", hf), tok, config, 0, torch.device("cpu"), log=said.append)
+    assert (result.phase2_step, result.phase2_by) == (1, "accuracy") and any("by accuracy" in m for m in said)
+    assert [h["phase"] for h in result.history] == [1, 2, 2]
+
+
 def test_two_phases_switch_the_mixture_and_the_recall_loss(tok):
     """--phase2-*: phase 1 (dense: JRT rows on every token, second-copy loss) until the switch, then answer-only
     question-first / JRT rows with their own record ranges; the log says which phase and where."""
@@ -355,6 +454,7 @@ def test_two_phases_switch_the_mixture_and_the_recall_loss(tok):
     said = []
     result = loop.train(models.make_trainable("gla", hf), tok, config, 0, torch.device("cpu"), log=said.append)
     assert result.steps == 4 and result.phase2_step == 2 and any("phase 2 from step 2" in m for m in said)
+    assert result.phase2_by == "time"
     assert [h["phase"] for h in result.history] == [1, 1, 2, 2]
     assert "recall_loss" in result.history[0] and "recall_loss" not in result.history[-1]
     by_size = result.history[-1]["value_acc_by_records"]

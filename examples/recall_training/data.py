@@ -165,6 +165,8 @@ class Batch:
     formats: list[str]
     records: list[int]
     lengths: list[int] = field(default_factory=list)  # real tokens per row
+    level: float | None = None  # the curriculum level the batch was drawn at (None: not known)
+    top: int | None = None  # the largest record count that level allowed its format
 
     @property
     def tokens(self) -> int:
@@ -172,7 +174,7 @@ class Batch:
 
     def _map(self, fn) -> "Batch":
         return Batch(fn(self.ids), fn(self.lm_mask), fn(self.recall_mask), fn(self.value_pos), fn(self.answer_mask),
-                     self.formats, self.records, self.lengths)
+                     self.formats, self.records, self.lengths, self.level, self.top)
 
     def pin_memory(self) -> "Batch":  # called by the DataLoader on CUDA machines
         return self._map(lambda t: t.pin_memory())
@@ -221,6 +223,12 @@ class MixtureConfig:
     tokens_per_batch: int = 16384
     max_batch: int = 256
     buckets: tuple[int, ...] = BUCKETS
+    # record counts under the level's top: "uniform" in [lo, top], or "top-half" (the first GPU run's): half the
+    # batches from [top // 2, top], half from [lo, top]
+    sampling: str = "uniform"
+
+
+SAMPLINGS = ("uniform", "top-half")
 
 
 def check_mixture(config: MixtureConfig) -> None:
@@ -228,6 +236,8 @@ def check_mixture(config: MixtureConfig) -> None:
     if not config.mix or any(f not in FORMATS or w < 0 for f, w in config.mix.items()) \
             or sum(config.mix.values()) <= 0:
         raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
+    if config.sampling not in SAMPLINGS:
+        raise ValueError(f"record sampling must be one of {SAMPLINGS}, got {config.sampling!r}")
     lo, hi = config.attributes
     if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
         raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
@@ -239,8 +249,9 @@ def check_mixture(config: MixtureConfig) -> None:
 
 class BatchStream:
     """An endless seeded stream of batches from the train split. Each batch: one format (drawn by the mix's weights),
-    one record count drawn uniformly from that format's range in ``config.records`` with its top capped by
-    ``level() / max level`` of the range (the curriculum; ``level`` returns a fraction in (0, 1]), and a number of
+    one record count drawn from that format's range in ``config.records`` with its top capped by
+    ``level() / max level`` of the range (the curriculum; ``level`` returns a fraction in (0, 1]; uniformly, or as
+    ``config.sampling`` says; the batch records the level and top it was drawn at), and a number of
     attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row.
     With ``phase2``, batches come from that mixture while ``phase()`` returns 1 (the level applies to both)."""
 
@@ -268,17 +279,26 @@ class BatchStream:
         """The mixture of the current phase."""
         return self.configs[1 if self.phase() else 0]
 
-    def row_records(self, fmt: str, config: MixtureConfig | None = None) -> int:
+    def record_range(self, fmt: str, config: MixtureConfig | None = None,
+                     level: float | None = None) -> tuple[int, int]:
+        """(lo, top): the format's record range with its top capped by the curriculum level."""
         lo, hi = (config or self.config).records[fmt]
-        frac = min(1.0, max(0.0, float(self.level())))
-        top = max(lo, int(round(hi * frac)))
+        frac = min(1.0, max(0.0, float(self.level() if level is None else level)))
+        return lo, max(lo, int(round(hi * frac)))
+
+    def row_records(self, fmt: str, config: MixtureConfig | None = None, level: float | None = None) -> int:
+        config = config or self.config
+        lo, top = self.record_range(fmt, config, level)
+        if config.sampling == "top-half" and self.rng.random() < 0.5:
+            lo = max(lo, top // 2)
         return self.rng.randint(lo, top)
 
     def batch(self) -> Batch:
         config = self.config  # one phase for the whole batch
+        level = float(self.level())  # and one level
         formats, weights = list(config.mix), list(config.mix.values())
         fmt = self.rng.choices(formats, weights)[0]
-        n = self.row_records(fmt, config)
+        n = self.row_records(fmt, config, level)
         attributes = self.rng.randint(*config.attributes)
         answer_only = fmt in config.answer_only
         samples: list[Sample] = []
@@ -296,7 +316,9 @@ class BatchStream:
                     rows = max(1, min(config.max_batch, config.tokens_per_batch // length))
                 if len(samples) >= rows:
                     break
-        return collate(samples, self.encoder.eos, config.buckets)
+        batch = collate(samples, self.encoder.eos, config.buckets)
+        batch.level, batch.top = level, self.record_range(fmt, config, level)[1]
+        return batch
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

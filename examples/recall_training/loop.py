@@ -8,7 +8,8 @@ document, not selecting from it; it needs those rows supervised on every token, 
 
 Two phases (``TrainConfig.phase2``): from ``phase2.start`` of the budget on, batches come from ``phase2.mixture`` and
 the recall weight is ``phase2.recall_weight`` (e.g. the first run's dense mixture until recall is learned, then
-answer-only question-first and JRT rows on documents around and beyond what the state holds).
+answer-only question-first and JRT rows on documents around and beyond what the state holds). With
+``phase2.when_acc``, phase 2 starts earlier if plain rows at the curriculum's top reach that accuracy.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Phase2:
     start: float
     mixture: MixtureConfig
     recall_weight: float = 0.0
+    when_acc: float | None = None  # start as soon as Curriculum.top_accuracy() reaches this (``start``: the latest)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class TrainConfig:
     recall_weight: float = 0.0
     start_level: float = 1.0  # the curriculum: the fraction of each format's largest record count in use (1: off)
     grow_at: float = 0.8  # rolling value accuracy that grows the level by half
+    growth_rule: str = "all-rows"  # which rows that accuracy counts: see Curriculum
     floor_from: float = 0.45  # from this fraction of the time budget, the level is at least a floor that rises
     floor_to: float = 0.8  # geometrically to 1 at this fraction
     log_every_s: float = 30.0
@@ -62,16 +65,32 @@ class TrainConfig:
         return self.phase2.recall_weight if phase and self.phase2 is not None else self.recall_weight
 
 
+GROWTH_RULES = ("all-rows", "hard-rows")
+
+
 class Curriculum:
     """The fraction (0, 1] of each format's largest record count that batches draw from. Grows by half when the
-    rolling value accuracy of the rows reaches ``grow_at``, and never stays below the time floor."""
+    rolling value accuracy of ``WINDOW`` rows reaches ``grow_at``, and never stays below the time floor.
+
+    Which rows count (``config.growth_rule``): "all-rows", every row of every batch; "hard-rows" (the first GPU
+    run's test), only rows with at least half (rounded down) of their batch's top record count, and only from
+    batches drawn since the last growth (the loader's prefetched batches of an older level are left out). A batch
+    of 1-record documents holds up to 256 rows, one of 16 records a few dozen: with "all-rows", easy small
+    documents fill the window and grow the level before the larger ones are learned.
+
+    Separately, ``top_accuracy()``: the rolling value accuracy of the hard plain rows of batches drawn at level 1
+    (the phase-2 trigger, ``Phase2.when_acc``)."""
 
     WINDOW = 512
 
     def __init__(self, config: TrainConfig):
+        if config.growth_rule not in GROWTH_RULES:
+            raise ValueError(f"growth rule must be one of {GROWTH_RULES}, got {config.growth_rule!r}")
         self.config = config
         self.level = min(1.0, max(1e-3, config.start_level))
+        self.counted_from = self.level  # hard-rows: batches drawn below this level are left out
         self.recent: deque[bool] = deque(maxlen=self.WINDOW)
+        self.top_plain: deque[bool] = deque(maxlen=self.WINDOW)
         self.grown_at: list[tuple[int, float]] = []  # (step, new level)
 
     def floor(self, progress: float) -> float:
@@ -82,14 +101,28 @@ class Curriculum:
         f = min(1.0, (progress - c.floor_from) / max(1e-9, c.floor_to - c.floor_from))
         return start ** (1 - f)
 
+    def top_accuracy(self) -> float | None:
+        """Value accuracy of the last ``WINDOW`` hard plain rows drawn at level 1 (None until there are as many)."""
+        return sum(self.top_plain) / self.WINDOW if len(self.top_plain) == self.WINDOW else None
+
     def update(self, batch: Batch, value_correct: list[bool], progress: float, step: int) -> float:
-        level = self.level
+        level, grown = self.level, False
+        drawn_at = level if batch.level is None else batch.level
+        least = max(1, (batch.top or max(batch.records)) // 2)
+        hard = [(fmt, ok) for fmt, n, ok in zip(batch.formats, batch.records, value_correct) if n >= least]
+        if drawn_at >= 1.0:
+            self.top_plain.extend(ok for fmt, ok in hard if fmt == "plain")
         if level < 1.0:
-            self.recent.extend(value_correct)
+            if self.config.growth_rule == "all-rows":
+                self.recent.extend(value_correct)
+            elif drawn_at >= self.counted_from:
+                self.recent.extend(ok for _, ok in hard)
             if len(self.recent) == self.WINDOW and sum(self.recent) / self.WINDOW >= self.config.grow_at:
-                level = level * 1.5
+                level, grown = level * 1.5, True
                 self.recent.clear()
         level = min(1.0, max(level, self.floor(progress)))
+        if grown:
+            self.counted_from = level
         if level != self.level:
             self.level = level
             self.grown_at.append((step, round(level, 4)))
@@ -118,6 +151,15 @@ def batches(tokenizer, config: TrainConfig, seed: int, level, phase=None) -> tor
     dataset = _StreamDataset(tokenizer, config.mixture, seed, level, phase2, phase)
     kw = dict(num_workers=config.workers, prefetch_factor=4, persistent_workers=True) if config.workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=torch.cuda.is_available(), **kw)
+
+
+def phase2_trigger(phase2: Phase2, curriculum: Curriculum, progress: float) -> str | None:
+    """Why phase 2 starts now: "accuracy" (plain rows at the curriculum's top reached ``when_acc``), "time"
+    (``start`` of the budget reached), or None (not yet)."""
+    top = curriculum.top_accuracy()
+    if phase2.when_acc is not None and top is not None and top >= phase2.when_acc:
+        return "accuracy"
+    return "time" if progress >= phase2.start else None
 
 
 def param_groups(trainable: Trainable, weight_decay: float, vocab_rows: int) -> list[dict]:
@@ -170,6 +212,7 @@ class TrainResult:
     stopped: str = "time"  # time | max_steps | diverged
     level: float = 0.0
     phase2_step: int | None = None  # the first step of phase 2 (None: not reached or no phase 2)
+    phase2_by: str | None = None  # what started it: "accuracy" (Phase2.when_acc) or "time"
     curriculum: list = field(default_factory=list)
     history: list = field(default_factory=list)
     final: dict = field(default_factory=dict)  # last log line
@@ -245,10 +288,11 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
             progress = elapsed / budget
             if config.max_steps:  # a step budget too: the schedule follows whichever runs out first
                 progress = max(progress, result.steps / config.max_steps)
-            if config.phase2 is not None and not phase.value and progress >= config.phase2.start:
+            by = None if config.phase2 is None or phase.value else phase2_trigger(config.phase2, curriculum, progress)
+            if by:
                 phase.value = 1  # the loader's prefetched batches of phase 1 still arrive for a few steps
-                result.phase2_step = result.steps
-                log(f"[{trainable.arch}] phase 2 from step {result.steps} ({elapsed:.0f}s)")
+                result.phase2_step, result.phase2_by = result.steps, by
+                log(f"[{trainable.arch}] phase 2 from step {result.steps} ({elapsed:.0f}s, by {by})")
             lr = lr_at(config, result.steps, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
