@@ -5,11 +5,13 @@ At batch 1 a decode step of Mamba-2 370M is launch-bound when written as PyTorch
 elementwise kernels each cost ~5 ms inside a CUDA graph while reading the weights takes ~0.3 ms. Here a layer
 is [norm + in_proj], this kernel, [gate + norm + out_proj] (``ops.norm_linear``).
 
-One program per (batch, head, block of head channels) loads its slice of the state first (the largest read),
-runs the conv of its x channels (shifting their conv state in place: no other program owns them) and of its
+One program per (batch, head, block of head channels) loads its parameters first (with programmatic dependent
+launch, ``ops.pdl``, before waiting for in_proj), then every input at once: its slice of the state (the largest
+read), the new inputs and the old conv rows. It runs the conv of its x channels (shifting their conv state in place: no other program owns them) and of its
 group's B and C channels (read only: every head of the group needs the old values), SiLU, dt, the update
 S = exp(dt A) S + dt x B^T and y = S C + D x. The B and C conv state of a (batch row, group) is shifted by the
-last of its programs to finish: each counts itself in with an atomic add after its reads, and the one that
+last of its programs to finish: each counts itself in with an atomic add after its reads (a barrier orders
+them), and the one that
 sees the count complete shifts the rows and resets the counter (to zero, for the next launch).
 
 Rounding follows the reference: the activated conv output and y are rounded to the input dtype, everything

@@ -4,8 +4,9 @@ Each program owns ``BLOCK_N`` output features. It loads its whole [BLOCK_N, K] s
 only large read; all of it in flight at once), then normalises the input row itself (K values: every program
 repeats this small piece of work, which the weight's latency hides) and takes the dot products in float32.
 Program 0 also writes the residual sum. With programmatic dependent launch (``ops.pdl``) the weight loads are
-issued before the wait for the previous launch, so they overlap its tail. Rows are looped over inside the program, so the weight is read once
-for all of them. Rounding as the references: ``ops.norm.naive`` then ``F.linear``.
+issued before the wait for the previous launch, so they overlap its tail. The kernels loop over rows (the tests
+use up to 4), but dispatch sends them one row only (``MAX_ROWS``, measured below). Rounding as the references:
+``ops.norm.naive`` then ``F.linear``.
 """
 
 from __future__ import annotations
