@@ -9,15 +9,16 @@ import pytest
 import torch
 
 import jrt_prompt.ops.based as based
+from jrt_prompt.ops import backend
 
 
 @pytest.fixture
 def fake_kernel(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(taylor_linear_attention=lambda *a, **k: calls.append("kernel") or ("kernel", None))
-    monkeypatch.setattr(based, "use_fast_path", lambda *t: True)
-    monkeypatch.setattr(based, "importable", lambda m: True)
-    monkeypatch.setattr(based.importlib, "import_module", lambda m: fake)
+    monkeypatch.setattr(backend, "use_fast_path", lambda *t: True)  # the dispatch's checks live in ops.backend
+    monkeypatch.setattr(backend, "importable", lambda m: True)
+    monkeypatch.setattr(backend.importlib, "import_module", lambda m: fake)
     return calls
 
 

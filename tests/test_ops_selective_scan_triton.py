@@ -341,13 +341,13 @@ def check_steps_equal_scan():
 def fast_path_on_cpu():
     """The package's dispatch treats CPU tensors as the fast path's (the interpreter runs the kernels)."""
     import jrt_prompt.ops.selective_scan as sel
-    from jrt_prompt.ops.backend import reference_forced
-    old = sel.use_fast_path
-    sel.use_fast_path = lambda *tensors: not reference_forced()
+    from jrt_prompt.ops import backend
+    old = sel.use_fast_path, backend.use_fast_path  # mamba_ssm's check, and the one our kernels' dispatch shares
+    sel.use_fast_path = backend.use_fast_path = lambda *tensors: not backend.reference_forced()
     try:
         yield sel
     finally:
-        sel.use_fast_path = old
+        sel.use_fast_path, backend.use_fast_path = old
 
 
 @contextlib.contextmanager

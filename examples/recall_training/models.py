@@ -255,7 +255,7 @@ def selective_scan_as_gla(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     linear attention with one head per channel: q = C, k = B, v = dt * u, log-decay g[n] = dt * A[c, n], scale 1.
     The state [B, C, N] is GLA's [B, H=C, K=N, V=1]; the value dim is zero-padded to 16 on CUDA (fla's tiles)."""
     from jrt_prompt.ops.gla import chunk_gla
-    from jrt_prompt.ops.selective_scan import prepare_dt
+    from jrt_prompt.ops.selective_scan.naive import finish, prepare_dt
 
     batch, length, channels = u.shape
     n = A.shape[-1]
@@ -274,14 +274,7 @@ def selective_scan_as_gla(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         h0 = F.pad(h0, (0, pad)) if pad else h0
     o, h = chunk_gla(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), scale=1.0, initial_state=h0,
                      output_final_state=True)
-    y = o[..., 0].float()  # [B, L, C]
-    if D is not None:
-        y = y + u.float() * D.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    if mask is not None:
-        y = y * mask[..., None]
-    return y.to(u.dtype), h[..., 0].float()
+    return finish(o[..., 0].float(), u, D, z, mask), h[..., 0].float()
 
 
 def selective_scan_two_level(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -292,7 +285,7 @@ def selective_scan_two_level(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     across chunks (L / chunk_size steps over [B, C, N]); (3) each token adds its chunk's incoming state, decayed.
     Every decay factor is exp of a sum of non-positive terms, so nothing overflows. Autograd keeps a few
     [B, L, C, N] tensors per layer (no [B, t, t, C, N] pair tensors): no Triton, so it starts at once."""
-    from jrt_prompt.ops.selective_scan import prepare_dt
+    from jrt_prompt.ops.selective_scan.naive import finish, prepare_dt
 
     batch, length, channels = u.shape
     n = A.shape[-1]
@@ -320,14 +313,7 @@ def selective_scan_two_level(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         carry = cum[:, k, -1].exp() * carry + local[:, k, -1]
     states = local + cum.exp() * torch.stack(incoming, 1)[:, :, None]  # (3)
     states = states.view(batch, chunks * T, channels, n)[:, :length]
-    y = (states * C.float()[:, :, None, :]).sum(-1)
-    if D is not None:
-        y = y + u.float() * D.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    if mask is not None:
-        y = y * mask[..., None]
-    return y.to(u.dtype), carry
+    return finish((states * C.float()[:, :, None, :]).sum(-1), u, D, z, mask), carry
 
 
 def selective_scan_small_chunks(*args, **kwargs):

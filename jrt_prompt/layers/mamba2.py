@@ -85,10 +85,12 @@ class Mamba2Mixer(nn.Module):
     def _skip_weight(self) -> torch.Tensor:
         return self.D if self.D.shape[0] == self.n_heads else self.D.view(self.n_heads, self.head_dim)
 
-    def _gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.norm is not None:
-            return self.norm(y, z)
-        return gated_rms_norm(y, z, None, y.shape[-1], 0.0)  # no norm: y * silu(z)
+    def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """out_proj(norm(y, z)), or out_proj(y * silu(z)) without a norm: one kernel for a decoded token on CUDA."""
+        norm, w, b = self.norm, self.out_proj.weight, self.out_proj.bias
+        if norm is None:
+            return gated_rms_norm_linear(y, z, None, y.shape[-1], 0.0, False, w, b)
+        return gated_rms_norm_linear(y, z, norm.weight, norm.group_size, norm.eps, norm.norm_before_gate, w, b)
 
     def forward(self, u, state, mask=None, positions=None):
         if mask is not None:
@@ -98,7 +100,7 @@ class Mamba2Mixer(nn.Module):
         x, B, C = self._split_conv(self.act(xBC))
         y, ssm = ssd(x, dt, -torch.exp(self.A_log.float()), B, C, self._skip_weight(), dt_bias=self.dt_bias,
                      dt_limit=self.dt_limit, initial_state=state["ssm"], mask=mask, chunk_size=self.chunk_size)
-        return self.out_proj(self._gate(y.flatten(-2), z)), {"conv": tail, "ssm": ssm}
+        return self._out(y.flatten(-2), z), {"conv": tail, "ssm": ssm}
 
     @property
     def step_in_proj(self) -> nn.Linear:
@@ -113,8 +115,4 @@ class Mamba2Mixer(nn.Module):
         y = mamba2_step(zxbcdt, state["conv"], self.conv1d.weight[:, 0, :], self.conv1d.bias, state["ssm"],
                         self.A_log, self._skip_weight(), self.dt_bias, n_groups=self.n_groups, act=self.act,
                         dt_limit=self.dt_limit)
-        z, norm = zxbcdt[..., :self.d_inner], self.norm
-        if norm is None:  # no norm: y * silu(z)
-            return gated_rms_norm_linear(y, z, None, self.d_inner, 0.0, False, self.out_proj.weight, self.out_proj.bias)
-        return gated_rms_norm_linear(y, z, norm.weight, norm.group_size, norm.eps, norm.norm_before_gate,
-                                     self.out_proj.weight, self.out_proj.bias)
+        return self._out(y, zxbcdt[..., :self.d_inner])

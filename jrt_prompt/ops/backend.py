@@ -39,6 +39,16 @@ def use_fast_path(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or t.is_cuda for t in tensors)
 
 
+def inference_kernels(module: str, *tensors: torch.Tensor | None):
+    """``module`` (imported) when its kernels may run on these tensors, else None: no reference forced, every
+    tensor on CUDA, no gradient needed (our kernels have no backward: training takes the reference), and the
+    module imports."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if grad or not use_fast_path(*tensors) or not importable(module):
+        return None
+    return importlib.import_module(module)
+
+
 @functools.cache
 def importable(module: str) -> bool:
     """Whether ``module`` imports (checked once; an optional extra may be missing)."""

@@ -8,11 +8,9 @@ reference chunked / recurrent forms of ``naive`` do.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from ..backend import importable, use_fast_path
+from ..backend import inference_kernels
 from . import naive
 from .naive import feature_size, taylor_features
 
@@ -27,15 +25,9 @@ FAST_STEP = "jrt_prompt.ops.based.triton_step"
 PREFILL_VERIFIED = (torch.bfloat16,)
 
 
-def _needs_grad(*tensors) -> bool:
-    """The Triton kernels have no backward: training must take the (differentiable) reference."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _fast(module: str, name: str, *tensors):
-    if use_fast_path(*tensors) and importable(module) and not _needs_grad(*tensors):
-        return getattr(importlib.import_module(module), name, None)
-    return None
+    kernels = inference_kernels(module, *tensors)
+    return getattr(kernels, name, None) if kernels is not None else None
 
 
 def taylor_linear_attention(q, k, v, initial_state=None, mask=None, eps=1e-6, output_final_state=True):

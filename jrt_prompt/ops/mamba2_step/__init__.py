@@ -6,12 +6,10 @@ gradient is needed and Triton imports; otherwise the reference (``naive``: the p
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 
-from ..backend import importable, use_fast_path
+from ..backend import inference_kernels
 from . import naive
 
 FAST_STEP = "jrt_prompt.ops.mamba2_step.triton_step"
@@ -22,9 +20,9 @@ def mamba2_step(zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D,
     """See ``naive.mamba2_step``: zxbcdt [B, 2 d_inner + 2 G N + H] -> y [B, d_inner] (before gate and norm)."""
     kw = dict(n_groups=n_groups, act=act, dt_limit=dt_limit)
     tensors = (zxbcdt, conv_state, conv_weight, conv_bias, ssm_state, A_log, D, dt_bias)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if act is F.silu and not grad and use_fast_path(*tensors) and importable(FAST_STEP):
-        return importlib.import_module(FAST_STEP).mamba2_step(*tensors, **kw)
+    fast = inference_kernels(FAST_STEP, *tensors) if act is F.silu else None
+    if fast is not None:
+        return fast.mamba2_step(*tensors, **kw)
     return naive.mamba2_step(*tensors, **kw)
 
 

@@ -7,11 +7,9 @@ otherwise the reference (``naive``).
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from ..backend import importable, use_fast_path
+from ..backend import inference_kernels
 from . import naive
 
 FAST = "jrt_prompt.ops.norm.triton_norm"
@@ -20,11 +18,9 @@ FAST = "jrt_prompt.ops.norm.triton_norm"
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, hf_rounding: bool,
              cast: torch.dtype | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     kw = dict(hf_rounding=hf_rounding, cast=cast, out_dtype=out_dtype)
-    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
-    if not grad and use_fast_path(x, weight) and importable(FAST):
-        fast = importlib.import_module(FAST)
-        if fast.supported(x, weight, cast):
-            return fast.rms_norm(x, weight, eps, **kw)
+    fast = inference_kernels(FAST, x, weight)
+    if fast is not None and fast.supported(x, weight, cast):
+        return fast.rms_norm(x, weight, eps, **kw)
     return naive.rms_norm(x, weight, eps, **kw)
 
 
@@ -33,23 +29,19 @@ def add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, 
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(h + y, rms_norm(h + y)), the sum in float32 when ``residual_fp32`` (see ``naive.add_rms_norm``)."""
     kw = dict(hf_rounding=hf_rounding, residual_fp32=residual_fp32, cast=cast, out_dtype=out_dtype)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, y, weight))
-    if not grad and h.shape == y.shape and use_fast_path(h, y, weight) and importable(FAST):
-        fast = importlib.import_module(FAST)
-        if fast.supported(h, weight, cast) and y.dtype in fast._TL:
-            return fast.add_rms_norm(h, y, weight, eps, **kw)
+    fast = inference_kernels(FAST, h, y, weight)
+    if fast is not None and h.shape == y.shape and fast.supported(h, weight, cast) and y.dtype in fast._TL:
+        return fast.add_rms_norm(h, y, weight, eps, **kw)
     return naive.add_rms_norm(h, y, weight, eps, **kw)
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, group_size: int, eps: float,
                    norm_before_gate: bool = False) -> torch.Tensor:
     """Grouped RMSNorm gated by silu(z) (Mamba-2's output norm; see ``naive.gated_rms_norm``)."""
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, z, weight))
-    if (not grad and y.shape == z.shape and y.shape[-1] % group_size == 0 and use_fast_path(y, z, weight)
-            and importable(FAST)):
-        fast = importlib.import_module(FAST)
-        if fast.supported(y, weight, None) and z.dtype in fast._TL and group_size <= 16384:
-            return fast.gated_rms_norm(y, z, weight, group_size, eps, norm_before_gate)
+    fast = inference_kernels(FAST, y, z, weight)
+    if (fast is not None and y.shape == z.shape and y.shape[-1] % group_size == 0 and fast.supported(y, weight, None)
+            and z.dtype in fast._TL and group_size <= 16384):
+        return fast.gated_rms_norm(y, z, weight, group_size, eps, norm_before_gate)
     return naive.gated_rms_norm(y, z, weight, group_size, eps, norm_before_gate)
 
 

@@ -11,23 +11,14 @@ while the weight arrives. It runs for ``MAX_ROWS`` (one) row on CUDA without gra
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 
-from ..backend import importable, use_fast_path
+from ..backend import inference_kernels
 from ..norm import add_rms_norm, gated_rms_norm, rms_norm
 from . import naive
 
 FAST = "jrt_prompt.ops.norm_linear.triton_norm_linear"
-
-
-def _fast(*tensors):
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if not grad and use_fast_path(*tensors) and importable(FAST):
-        return importlib.import_module(FAST)
-    return None
 
 
 def add_rms_norm_linear(h: torch.Tensor, y: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float,
@@ -37,7 +28,7 @@ def add_rms_norm_linear(h: torch.Tensor, y: torch.Tensor | None, norm_weight: to
     """(h + y, linear(rms_norm(h + y))), the sum in float32 when ``residual_fp32``; ``y`` None: (h,
     linear(rms_norm(h))). See ``naive.add_rms_norm_linear``."""
     kw = dict(hf_rounding=hf_rounding, cast=cast, out_dtype=out_dtype)
-    fast = _fast(h, y, norm_weight, weight, bias)
+    fast = inference_kernels(FAST, h, y, norm_weight, weight, bias)
     if fast is not None and fast.supported_add(h, y, norm_weight, weight, bias, cast, residual_fp32=residual_fp32,
                                                hf_rounding=hf_rounding, out_dtype=out_dtype):
         return fast.add_rms_norm_linear(h, y, norm_weight, eps, weight, bias, residual_fp32=residual_fp32, **kw)
@@ -52,7 +43,7 @@ def gated_rms_norm_linear(y: torch.Tensor, z: torch.Tensor, norm_weight: torch.T
                           eps: float, norm_before_gate: bool, weight: torch.Tensor,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
     """linear(gated_rms_norm(y, z)) (see ``naive.gated_rms_norm_linear``)."""
-    fast = _fast(y, z, norm_weight, weight, bias)
+    fast = inference_kernels(FAST, y, z, norm_weight, weight, bias)
     if fast is not None and fast.supported_gated(y, z, norm_weight, group_size, weight, bias):
         return fast.gated_rms_norm_linear(y, z, norm_weight, group_size, eps, norm_before_gate, weight, bias)
     return F.linear(gated_rms_norm(y, z, norm_weight, group_size, eps, norm_before_gate), weight, bias)

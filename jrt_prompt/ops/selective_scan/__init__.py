@@ -19,7 +19,7 @@ import importlib
 
 import torch
 
-from ..backend import importable, use_fast_path
+from ..backend import importable, inference_kernels, use_fast_path
 from . import naive
 from .naive import prepare_dt
 
@@ -27,15 +27,10 @@ FAST_SCAN = "jrt_prompt.ops.selective_scan.triton_scan"
 MAMBA_SSM_SCAN = "mamba_ssm.ops.selective_scan_interface"
 
 
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _triton(name: str, *tensors):
     """Our Triton function ``name`` when the fast path applies to these tensors, else None."""
-    if use_fast_path(*tensors) and not _needs_grad(*tensors) and importable(FAST_SCAN):
-        return getattr(importlib.import_module(FAST_SCAN), name)
-    return None
+    kernels = inference_kernels(FAST_SCAN, *tensors)
+    return getattr(kernels, name) if kernels is not None else None
 
 
 def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):

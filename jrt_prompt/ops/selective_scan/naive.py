@@ -81,14 +81,19 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         to_end = (cum[:, -1:] - cum).exp()  # [B, t, C, N]: decay from each token to the chunk end
         h = cum[:, -1].exp() * h + (to_end * b[:, :, None, :] * inp[..., None]).sum(1)
         ys.append(y)
-    y = torch.cat(ys, 1)
+    return finish(torch.cat(ys, 1), u, D, z, mask), h
+
+
+def finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Every scan's last step: y + D u, gated by silu(z), zero at masked (left-padded) tokens, in u's dtype."""
     if D is not None:
-        y = y + uf * D.float()
+        y = y + u.float() * D.float()
     if z is not None:
         y = y * F.silu(z.float())
     if mask is not None:
         y = y * mask[..., None]
-    return y.to(u.dtype), h
+    return y.to(u.dtype)
 
 
 def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -101,9 +106,4 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     step = prepare_dt(dt, dt_bias, dt_softplus)  # [B, C]
     state.mul_(torch.exp(step[..., None] * A.float()))
     state.add_(step[..., None] * B.float()[:, None, :] * x.float()[..., None])
-    y = (state * C.float()[:, None, :]).sum(-1)
-    if D is not None:
-        y = y + x.float() * D.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(x.dtype)
+    return finish((state * C.float()[:, None, :]).sum(-1), x, D, z)
