@@ -2,20 +2,22 @@
 
 SSD is simple gated linear attention (one scalar log-decay per head and token) plus a skip term:
 q = C, k = B, v = x * dt, log-decay g = A * dt, scale 1. On CUDA, when flash-linear-attention imports,
-``ssd`` runs fla's ``chunk_simple_gla`` kernel with that mapping (16-bit inputs); elsewhere, and for float32
-inputs, the chunked PyTorch reference.
+``ssd`` runs fla's ``chunk_simple_gla`` kernel with that mapping (16-bit inputs), the mapping and the skip term
+around it in Triton (``triton_prep``); elsewhere, and for float32 inputs, the chunked PyTorch reference.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..backend import importable, use_fast_path
-from .naive import NO_LIMIT, add_skip, prepare_dt, ssd_chunked, ssd_recurrent, ssd_state_update
+from ..backend import importable, inference_kernels, use_fast_path
+from . import naive
+from .naive import NO_LIMIT, ssd_chunked, ssd_recurrent, ssd_state_update
 
 __all__ = ["ssd", "ssd_chunked", "ssd_recurrent", "ssd_state_update", "ssd_fla"]
 
 FLA_MODULE = "fla.ops.simple_gla"
+PREP_MODULE = "jrt_prompt.ops.ssd.triton_prep"
 
 
 def ssd(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_LIMIT, initial_state=None,
@@ -33,19 +35,17 @@ def ssd(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_L
 
 def ssd_fla(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_LIMIT, initial_state=None,
             mask=None):
-    """``ssd`` through fla's chunk_simple_gla (CUDA; fla >= 0.6). fla keeps states as [B, H, K, V] = [B, H, N, P]
-    by default; ours are [B, H, P, N], so they are transposed on the way in and out (one small copy)."""
+    """``ssd`` through fla's chunk_simple_gla (CUDA; fla >= 0.6). The elementwise work before and after it
+    (``naive.fla_inputs``, ``naive.skip_out``) is one Triton launch each (``triton_prep``) when no gradient is
+    needed; fla keeps the states in our [B, H, P, N] layout (``state_v_first=True``: [N, H, V, K]), float32."""
     from fla.ops.simple_gla import chunk_simple_gla
 
-    heads = x.shape[2]
-    step = prepare_dt(dt, dt_bias, dt_softplus, dt_limit, mask)  # [B, L, H] float32
-    q = C.to(x.dtype).repeat_interleave(heads // C.shape[2], dim=2)
-    k = B.to(x.dtype).repeat_interleave(heads // B.shape[2], dim=2)
-    v = (x.float() * step[..., None]).to(x.dtype)
-    g = step * A.float()
-    h0 = initial_state.float().transpose(-1, -2).contiguous() if initial_state is not None else None
-    o, final = chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=h0, output_final_state=True)
-    y = add_skip(o.float(), x, D)
-    if mask is not None:
-        y = y * mask[:, :, None, None]
-    return y.to(x.dtype), final.float().transpose(-1, -2).contiguous()
+    prep = inference_kernels(PREP_MODULE, x, dt, A, B, C, D, dt_bias, mask)
+    if prep is None or not prep.supported(x, dt, A, B, C, D, dt_bias, mask):
+        prep = naive
+    q, k, v, g = prep.fla_inputs(x, dt, A, B, C, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                                 mask=mask)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, final = chunk_simple_gla(q, k, v, g=g, scale=1.0, initial_state=h0, output_final_state=True,
+                                state_v_first=True)
+    return prep.skip_out(o, x, D, mask), final

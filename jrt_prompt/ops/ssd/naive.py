@@ -35,6 +35,26 @@ def add_skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.
     return y + x.float() * (d[:, None] if d.dim() == 1 else d)
 
 
+def fla_inputs(x, dt, A, B, C, *, dt_bias=None, dt_softplus=True, dt_limit=NO_LIMIT, mask=None):
+    """SSD as simple gated linear attention (fla's ``chunk_simple_gla``): q = C and k = B over heads [B, L, H, N]
+    in x's dtype, v = x * dt [B, L, H, P] in x's dtype (the product in float32, rounded once), log-decay
+    g = dt * A [B, L, H] float32, with dt = prepare_dt(...) (0 at masked tokens)."""
+    heads = x.shape[2]
+    step = prepare_dt(dt, dt_bias, dt_softplus, dt_limit, mask)  # [B, L, H] float32
+    q = C.to(x.dtype).repeat_interleave(heads // C.shape[2], dim=2)
+    k = B.to(x.dtype).repeat_interleave(heads // B.shape[2], dim=2)
+    v = (x.float() * step[..., None]).to(x.dtype)
+    return q, k, v, step * A.float()
+
+
+def skip_out(o: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """The SSD output from the attention part ``o`` [B, L, H, P]: (o + D x) zeroed at masked tokens, in x's dtype."""
+    y = add_skip(o.float(), x, D)
+    if mask is not None:
+        y = y * mask[:, :, None, None]
+    return y.to(x.dtype)
+
+
 def _check(x, B, C, initial_state):
     batch, _, heads, headdim = x.shape
     if heads % B.shape[-2] or B.shape != C.shape:
@@ -63,10 +83,7 @@ def ssd_recurrent(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_
         decay = torch.exp(step[:, t] * A.float())  # [B, H]
         state = decay[..., None, None] * state + (step[:, t, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]
         ys.append((state * Ch[:, t, :, None, :]).sum(-1))
-    y = add_skip(torch.stack(ys, 1), x, D)
-    if mask is not None:
-        y = y * mask[:, :, None, None]
-    return y.to(x.dtype), state
+    return skip_out(torch.stack(ys, 1), x, D, mask), state
 
 
 def ssd_chunked(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_LIMIT,
@@ -93,10 +110,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_li
         to_end = (cum[:, -1:] - cum).exp()  # [B, t, H]
         state = state * cum[:, -1].exp()[..., None, None] + torch.einsum("bshn,bshp->bhpn", b * to_end[..., None], v)
         ys.append(y)
-    y = add_skip(torch.cat(ys, 1), x, D)
-    if mask is not None:
-        y = y * mask[:, :, None, None]
-    return y.to(x.dtype), state
+    return skip_out(torch.cat(ys, 1), x, D, mask), state
 
 
 def ssd_state_update(state, x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=True, dt_limit=NO_LIMIT):
