@@ -90,7 +90,7 @@ class Engine:
 
     def __init__(self, model: RecurrentLM, tokenizer, prompt: JRTPrompt | None = None, *,
                  budget: int | None = None, trim: str | None = None, chunk_size: int | None = 4096,
-                 cuda_graphs: bool = True, compile: bool = False):
+                 cuda_graphs: bool = True, graph_prefill: bool = False, compile: bool = False):
         if tokenizer is None:
             raise JRTError("a tokenizer is required: pass tokenizer=AutoTokenizer.from_pretrained(...)")
         self.model = model.eval()
@@ -99,8 +99,13 @@ class Engine:
         self.budget = budget if budget is not None else model.config.max_length
         self.trim = trim  # None: a prompt over budget is an error; "head"/"tail"/"window": cut the context
         self.chunk_size = chunk_size
-        # decode steps on CUDA replay a captured graph per batch size (cuda_graphs=False: plain steps)
-        self._graphs = GraphCache(model, compile=compile) if cuda_graphs and model.device.type == "cuda" else None
+        # decode steps on CUDA replay a captured graph per batch size (cuda_graphs=False: plain steps); with
+        # graph_prefill, prompts too, in pieces of chunk_size tokens: a capture per piece length on first use,
+        # which pays off when many prompts are read (serving, benchmarks), not for one question
+        self._graphs = None
+        if cuda_graphs and model.device.type == "cuda":
+            self._graphs = GraphCache(model, compile=compile,
+                                      prefill_chunk=(chunk_size or 4096) if graph_prefill else None)
         eos = [tokenizer.eos_token_id, model.config.eos_token_id]
         self.eos_ids = {i for e in eos for i in (e if isinstance(e, list) else [e]) if i is not None}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
@@ -137,8 +142,12 @@ class Engine:
         if self.budget is not None and len(ids) >= self.budget and self.trim is None:
             raise PromptTooLongError(
                 f"the document alone is {len(ids)} tokens of the prompt, over the model's budget of {self.budget}")
-        _, state = prefill(self.model, [ids], pad_id=self.pad_id, chunk_size=self.chunk_size, progress=progress)
+        _, state = prefill(self.model, [ids], pad_id=self.pad_id, chunk_size=self.chunk_size, progress=progress,
+                           graph=self._prefill_graph(1))
         return ReadDocument(context, tuple(ids), state)
+
+    def _prefill_graph(self, batch_size: int):
+        return self._graphs.prefill(batch_size) if self._graphs is not None else None
 
     # --- generating ----------------------------------------------------------------------
     def _jobs(self, context, question, original_question):
@@ -184,7 +193,7 @@ class Engine:
         """Prefill then decode; yields the rows after each look at the tokens. Without streaming or stop
         strings the host looks only every ``SYNC_EVERY`` tokens (a few wasted steps past EOS at most)."""
         logits, state = prefill(self.model, prompts, state, pad_id=self.pad_id, chunk_size=self.chunk_size,
-                                progress=progress)
+                                progress=progress, graph=self._prefill_graph(len(prompts)))
         step = None
         if self._graphs is not None and config.max_new_tokens > 1:
             graphed = self._graphs.get(len(prompts))

@@ -57,12 +57,17 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
 
 @torch.no_grad()
 def prefill(model: RecurrentLM, prompts: Sequence[Sequence[int]], state: RecurrentState | None = None, *,
-            pad_id: int = 0, chunk_size: int | None = None, progress=None) -> tuple[torch.Tensor, RecurrentState]:
+            pad_id: int = 0, chunk_size: int | None = None, progress=None, graph=None
+            ) -> tuple[torch.Tensor, RecurrentState]:
     """Read token lists (one per row, left-padded together) after ``state``; return the last logits [B, V]
     and the new state. With ``chunk_size`` the prompt is read in pieces of that many tokens, carrying the
-    state, so memory stays bounded for any length. ``progress(n)`` is called with tokens read so far."""
+    state, so memory stays bounded for any length. ``progress(n)`` is called with tokens read so far.
+    ``graph``: a ``cuda_graph.GraphedPrefill`` for this batch size, which replays its pieces from CUDA graphs
+    (its own piece length replaces ``chunk_size``)."""
     ids, mask = left_pad(prompts, pad_id, model.device)
     masked = bool((mask == 0).any())
+    if graph is not None:
+        return graph(ids, mask.bool() if masked else None, state, progress)
     L = ids.shape[1]
     step = chunk_size or L
     logits = None

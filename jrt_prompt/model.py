@@ -83,14 +83,19 @@ class Block(nn.Module):
             return norm(h, cast=norm.weight.dtype)
         return norm(h.to(norm.weight.dtype))
 
-    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
-        if self.mlp is None:
-            return h
-        return self._residual(h) + self.mlp(self._normed(self.norm2, h))
-
     def forward(self, h, state, mask=None, positions=None):
-        y, state = self.mixer(self._normed(self.norm, h), state, mask=mask, positions=positions)
-        return self._mlp(self._residual(h) + y), state
+        h, y, state = self.forward_unadded(h, None, state, mask, positions)
+        return self._residual(h) + y, state
+
+    def forward_unadded(self, h, y, state, mask=None, positions=None):
+        """A sequence, with the residual adds moved one norm later as in ``step_unadded``: (h, y) in, (h, this
+        block's output, new state) out, so that every add runs inside the next norm's kernel."""
+        h, x = self._add_normed(self.norm, h, y)
+        y, state = self.mixer(x, state, mask=mask, positions=positions)
+        if self.mlp is not None:
+            h, x = self._add_normed(self.norm2, h, y)
+            y = self.mlp(x)
+        return h, y, state
 
     def _add_normed(self, norm: nn.Module, h: torch.Tensor, y: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,21 +183,32 @@ class RecurrentLM(nn.Module):
             mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
             if bool(mask.all()):
                 mask = None
+        return self.forward_unchecked(input_ids, state, mask, last_only=last_only)
+
+    def forward_unchecked(self, input_ids: torch.Tensor, state: RecurrentState, mask: torch.Tensor | None, *,
+                          last_only: bool = False) -> tuple[torch.Tensor, RecurrentState]:
+        """``forward`` after its checks: ``state`` given, ``mask`` a bool [B, L] tensor (left padding only) or
+        None. No host synchronisation: this is what a CUDA graph of a prefill captures."""
         real = mask.long() if mask is not None else torch.ones_like(input_ids)
         positions = state.seen[:, None] + real.cumsum(1) - 1  # padded tokens repeat the last position; unused
-        h = self.embedding(input_ids)
+        h, y = self.embedding(input_ids), None
         new_layers = []
         for block, layer_state in zip(self.blocks, state.layers):
-            h, layer_state = block(h, layer_state, mask=mask, positions=positions)
+            h, y, layer_state = block.forward_unadded(h, y, layer_state, mask, positions)
             new_layers.append(layer_state)
         if last_only:
-            h = h[:, -1:]
-        logits = self._head(h)
-        return logits, RecurrentState(new_layers, state.seen + real.sum(1))
+            h, y = h[:, -1:], y[:, -1:]
+        return self._head(h, y), RecurrentState(new_layers, state.seen + real.sum(1))
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        # the final norm reads the (float32) residual stream as it is, like transformers and mamba-ssm
-        return self.lm_head(self.norm_f(h).to(self.lm_head.weight.dtype))
+    def _head(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits after the last block's residual add (inside the final norm's kernel when it fuses it); the
+        final norm reads the (float32) residual stream as it is, like transformers and mamba-ssm."""
+        last = self.blocks[-1]
+        if getattr(self.norm_f, "fuses_cast", False):
+            _, x = self.norm_f.add_forward(h, y, last.residual_in_fp32)
+        else:
+            x = self.norm_f(last._residual(h) + y)
+        return self.lm_head(x.to(self.lm_head.weight.dtype))
 
     def step(self, token_ids: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """Read one token per row (``token_ids [B]``) and return logits ``[B, V]``; ``state`` is updated in place."""
@@ -204,8 +220,4 @@ class RecurrentLM(nn.Module):
         for block, layer_state in zip(self.blocks, state.layers):
             h, y = block.step_unadded(h, y, layer_state, positions)
         state.seen.add_(1)
-        last = self.blocks[-1]
-        if getattr(self.norm_f, "fuses_cast", False):  # the last add inside the final norm's kernel
-            _, x = self.norm_f.add_forward(h, y, last.residual_in_fp32)
-            return self.lm_head(x.to(self.lm_head.weight.dtype)), state
-        return self._head(last._residual(h) + y), state
+        return self._head(h, y), state

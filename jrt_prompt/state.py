@@ -94,15 +94,20 @@ class RecurrentState:
 
     def copy_(self, other: "RecurrentState") -> "RecurrentState":
         """Overwrite this state's buffers with ``other``'s values, keeping addresses (static buffers, CUDA graphs)."""
-        if len(other.layers) != len(self.layers) or any(a.keys() != b.keys() for a, b in zip(self.layers, other.layers)):
-            raise ValueError("cannot copy a state of a different model")
-        pairs = [(self.seen, other.seen)] + [(a[k], b[k]) for a, b in zip(self.layers, other.layers) for k in a]
-        for mine, theirs in pairs:  # by name: a layer's forward may return its tensors in another order
-            if mine.shape != theirs.shape:
-                raise ValueError(f"state shapes differ: {tuple(mine.shape)} vs {tuple(theirs.shape)}")
-        for mine, theirs in pairs:
-            mine.copy_(theirs)
+        mine, theirs = self.paired(other)
+        for a, b in zip(mine, theirs):
+            if a.shape != b.shape:
+                raise ValueError(f"state shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        torch._foreach_copy_(mine, theirs)  # one launch, not one per tensor
         return self
+
+    def paired(self, other: "RecurrentState") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """This state's tensors and ``other``'s matching ones, paired by layer and name (a layer's forward may
+        return its tensors in another order than ``init_state``)."""
+        if len(other.layers) != len(self.layers) or any(a.keys() != b.keys() for a, b in zip(self.layers, other.layers)):
+            raise ValueError("cannot pair the state of a different model")
+        mine = [self.seen] + [a[k] for a in self.layers for k in a]
+        return mine, [other.seen] + [b[k] for a, b in zip(self.layers, other.layers) for k in a]
 
     def __repr__(self) -> str:
         kinds = {}

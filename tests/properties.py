@@ -98,6 +98,31 @@ def check_load_into_static_state(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=
     _close(lm.step(tok, static)[0], lm.step(tok, s.fork())[0], tol, "a step from a state loaded into static buffers")
 
 
+@torch.no_grad()
+def check_graphed_prefill(lm: RecurrentLM, vocab: int, *, tol=1e-3, seed=4, chunk=64):
+    """(CUDA) A prefill replayed from CUDA graphs, in pieces padded to bucket lengths, equals the eager prefill:
+    lengths below, at and across the piece length, a ragged left-padded batch, from an empty and from a
+    prefilled state (which it must not change), with graphs replayed again for later prompts."""
+    from jrt_prompt.cuda_graph import GraphedPrefill
+    from jrt_prompt.generate import prefill
+
+    g = torch.Generator().manual_seed(seed)
+    graphs = GraphedPrefill(lm, 2, chunk)
+    _, start = prefill(lm, [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (7, 3)])
+    before = [t.clone() for t in start.tensors()]
+    for lengths in ((5, 5), (31, 31), (64, 64), (65, 65), (100, 37), (150, 150)):
+        rows = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+        for name, state in (("empty", None), ("prefilled", start)):
+            want, wstate = prefill(lm, rows, state)
+            got, gstate = prefill(lm, rows, state, graph=graphs)
+            what = f"graphed prefill of {lengths} tokens from the {name} state"
+            _close(got, want, tol, what + ": logits")
+            for x, y in zip(gstate.tensors(), wstate.tensors()):
+                _close(x, y, tol, what + ": state")
+    for x, y in zip(start.tensors(), before):
+        assert torch.equal(x, y), "a graphed prefill changed the state it started from"
+
+
 def check_all(lm: RecurrentLM, vocab: int, tol=1e-4):
     check_split_points(lm, vocab, tol=tol)
     check_left_padding(lm, vocab, tol=tol)

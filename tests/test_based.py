@@ -16,7 +16,7 @@ from jrt_prompt.adapters.based import BasedConfig, BasedForCausalLM
 from jrt_prompt.errors import CheckpointError
 from tests.checkpoints_based import (VARIANT, based_config, hazyresearch_shapes, random_weights, reference_logits,
                                      write_checkpoint)
-from tests.properties import check_all, check_split_points
+from tests.properties import check_all, check_graphed_prefill, check_split_points
 from tests.tokenizer_fixture import tiny_tokenizer
 
 torch.manual_seed(0)
@@ -305,6 +305,7 @@ def test_on_gpu_matches_the_reference_and_keeps_the_properties(folder, cfg, weig
     ids = _ids(cfg["vocab_size"], (2, 300), seed=8)
     _close(model(ids.cuda())[0].cpu(), reference_logits(cfg, weights, ids), tol=1e-3)
     check_all(_OnCuda(model), cfg["vocab_size"], tol=1e-3)
+    check_graphed_prefill(model, cfg["vocab_size"])
 
 
 @torch.no_grad()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import jrt_prompt
 from jrt_prompt import JRTPrompt
+from tests.properties import check_graphed_prefill
 from tests.tokenizer_fixture import tiny_tokenizer
 
 pytestmark = pytest.mark.gpu
@@ -38,3 +38,21 @@ def test_graphed_decode_equals_plain_steps(compile):
         doc = graphed.read(DOC)
         assert graphed.generate(doc, qs, max_new_tokens=20, stop_at_eos=False) == plain.generate(
             DOC, qs, max_new_tokens=20, stop_at_eos=False)
+
+
+def test_graphed_prefill_equals_eager_prefill():
+    """Prompts replayed from CUDA graphs (``Engine(graph_prefill=True)``) read like eager ones: the property for
+    Mamba and Mamba-2 here (Based and GLA: their GPU tests), and the engine's answers."""
+    tok = tiny_tokenizer()
+    for name, model in models():
+        model = model.cuda()
+        plain = jrt_prompt.wrap(model, tok, prompt=JRTPrompt(repeats=2), cuda_graphs=False)
+        check_graphed_prefill(plain.model, model.config.vocab_size)
+        graphed = jrt_prompt.wrap(model, tok, prompt=JRTPrompt(repeats=2), graph_prefill=True, chunk_size=32)
+        qs = ["Where was Alice born?", "Where does Bob work?", "Who works at the bakery?"]
+        for batch in (qs[:1], qs):
+            assert graphed.generate(DOC, batch, max_new_tokens=12, stop_at_eos=False) == plain.generate(
+                DOC, batch, max_new_tokens=12, stop_at_eos=False), name
+        doc = graphed.read(DOC)
+        assert graphed.generate(doc, qs, max_new_tokens=12, stop_at_eos=False) == plain.generate(
+            DOC, qs, max_new_tokens=12, stop_at_eos=False), name

@@ -211,3 +211,21 @@ def test_progress_reports_tokens_read(engine):
     list(engine.stream(doc, QUESTIONS[1], max_new_tokens=2, progress=seen.append))
     enc = engine.encode(DOC, QUESTIONS[1])
     assert seen[-1] == len(enc.ids) - enc.shared
+
+
+def test_prefill_lengths_cover_every_length_with_few_shapes():
+    """A graphed prefill's pieces: full chunks after one first piece of a bucket length (a power of two up to
+    256 tokens, then at most 1/8 padding), and few distinct first-piece lengths."""
+    from jrt_prompt.cuda_graph import prefill_lengths
+    firsts = set()
+    for chunk in (64, 4096):
+        for n in range(1, 3 * chunk + 2):
+            pieces = prefill_lengths(n, chunk)
+            assert all(p == chunk for p in pieces[1:]) and 0 < pieces[0] <= chunk, (n, chunk, pieces)
+            pad = sum(pieces) - n
+            rest = n % chunk or chunk
+            assert 0 <= pad < (max(16, rest) if rest <= 256 else rest / 8 + 1), (n, chunk, pieces)
+            assert len(pieces) == -(-n // chunk)
+            if chunk == 4096:
+                firsts.add(pieces[0])
+    assert len(firsts) <= 40, sorted(firsts)

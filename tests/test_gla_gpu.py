@@ -159,3 +159,12 @@ def test_decode_step_replays_in_a_cuda_graph(variant):
     assert torch.equal(state.seen, eager_state.seen)
     for x, y in zip(state.tensors()[1:], eager_state.tensors()[1:]):
         assert rel_err(x, y) < 1e-3
+
+
+@pytest.mark.parametrize("variant", ["default", "conv_gqa_featuremap"])
+@torch.no_grad()
+def test_prefill_replays_in_cuda_graphs(variant):
+    """``Engine(graph_prefill=True)``'s prefill (pieces replayed from CUDA graphs) equals the eager one."""
+    from tests.properties import check_graphed_prefill
+    _, ours = models(variant, torch.float32)
+    check_graphed_prefill(ours, 64, tol=2e-3)

@@ -126,9 +126,33 @@ def test_fused_step_equals_unfused_on_cpu():
             for block, st in zip(lm.blocks, state_b.layers):
                 h = block.step(h, st, state_b.seen)
             state_b.seen.add_(1)
-            lb = lm._head(h)
+            lb = lm.lm_head(lm.norm_f(h).to(lm.lm_head.weight.dtype))
             assert torch.allclose(la, lb, atol=1e-6), (la - lb).abs().max()
             tok = la.argmax(-1)
+
+
+def test_fused_forward_equals_unfused_on_cpu():
+    """RecurrentLM.forward (adds inside the norms) equals the per-block forward (add, then norm) on CPU, with a
+    left-padded row."""
+    from tests.toy_model import toy_lm
+    lm = toy_lm(40)
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :3] = False
+    with torch.no_grad():
+        la, sa = lm(ids, attention_mask=mask)
+        state = lm.init_state(2)
+        positions = (mask.long().cumsum(1) - 1)
+        h = lm.embedding(ids)
+        layers = []
+        for block, st in zip(lm.blocks, state.layers):
+            h, st = block(h, st, mask=mask, positions=positions)
+            layers.append(st)
+        lb = lm.lm_head(lm.norm_f(h).to(lm.lm_head.weight.dtype))
+    assert torch.allclose(la[mask], lb[mask], atol=1e-6), (la - lb).abs().max()
+    for a, b in zip(sa.layers, layers):
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
 def test_modules_take_the_reference_on_cpu():

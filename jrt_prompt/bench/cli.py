@@ -57,24 +57,25 @@ def e2e(models: str = typer.Option("based-360m,based-1.3b,mamba2-370m,gla-1.3b",
         chunk: int = typer.Option(8192, help="prefill chunk (tokens per forward)"),
         hf: bool = typer.Option(True, help="also time transformers' forward/generate (Mamba-2)"),
         compile: bool = typer.Option(False, help="torch.compile the decode step before capturing its CUDA graph"),
+        graph_prefill: bool = typer.Option(True, help="also time prefills replayed from CUDA graphs"),
         json_out: Path | None = typer.Option(None, "--json")):
     """Time to first token, JRT cost per question with a cached read, decode tokens/s, peak memory."""
     from .e2e import run
 
     env = _require_gpu()
     results = run(models.split(","), _ints(contexts), _ints(batches), chunk=chunk, hf_compare=hf, compile=compile,
-                  log=lambda m: console.print(m, style="dim"),
+                  graph_prefill=graph_prefill, log=lambda m: console.print(m, style="dim"),
                   on_result=lambda r: _write(json_out, {"environment": env, "e2e": r, "partial": True}))
     t = Table(title="time to first token (ms, batch 1)")
-    for col in ("model", "N", "plain C,Q", "JRT C,Q,C,Q", "JRT/plain", "JRT per q (8 q, cached read)",
+    for col in ("model", "N", "prefill", "plain C,Q", "JRT C,Q,C,Q", "JRT/plain", "JRT per q (8 q, cached read)",
                 "cached/plain", "peak MB"):
         t.add_column(col, justify="right")
     for r in results:
         for x in r["ttft"]:
             if "error" in x:
-                t.add_row(r["model"], str(x["context"]), x["error"], "", "", "", "", "")
+                t.add_row(r["model"], str(x["context"]), x["prefill"], x["error"], "", "", "", "", "")
                 continue
-            t.add_row(r["model"], str(x["context"]), f"{x['plain_ms']:.1f}", f"{x['jrt_ms']:.1f}",
+            t.add_row(r["model"], str(x["context"]), x["prefill"], f"{x['plain_ms']:.1f}", f"{x['jrt_ms']:.1f}",
                       f"{x['jrt_over_plain']:.2f}x", f"{x['jrt_cached_per_question_ms']:.1f}",
                       f"{x['jrt_cached_over_plain']:.2f}x", f"{x['peak_mb_jrt']:.0f}")
     console.print(t)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..cuda_graph import GraphedStep
+from ..cuda_graph import GraphedPrefill, GraphedStep
 from ..generate import prefill
 from ..model import RecurrentLM
 
@@ -116,26 +116,31 @@ def _ids(n: int, vocab: int, g: torch.Generator) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
-def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int = 8, reps: int = 5) -> dict:
+def ttft(lm: RecurrentLM, context: int, chunk: int, vocab: int, questions: int = 8, reps: int = 5,
+         graph: GraphedPrefill | None = None) -> dict:
     """Time to first token at one context length: plain (C, Q), JRT (C, Q, C, Q), and JRT per question with
-    the first read of C cached and shared by ``questions`` questions."""
+    the first read of C cached and shared by ``questions`` questions. ``graph``: prefills replayed from CUDA
+    graphs (each piece length captured in the warm-up calls), else eager."""
     g = torch.Generator().manual_seed(context)
     ctx = _ids(context, vocab, g)
     qs = [_ids(QUESTION_TOKENS, vocab, g) for _ in range(questions)]
 
+    def read(ids, state=None):
+        return prefill(lm, [ids], state, chunk_size=chunk, graph=graph)
+
     def first_token(ids, state=None):
-        logits, _ = prefill(lm, [ids], state, chunk_size=chunk)
-        return logits.argmax(-1)
+        return read(ids, state)[0].argmax(-1)
 
     # two warm-up calls each: the first call of a new shape compiles and autotunes kernels (seconds, once)
     plain = cuda_ms(lambda: first_token(ctx + qs[0]), reps, warmup=2)
     jrt = cuda_ms(lambda: first_token(ctx + qs[0] + ctx + qs[0]), reps, warmup=2)
-    read_ms = cuda_ms(lambda: prefill(lm, [ctx], chunk_size=chunk), reps, warmup=2)
-    _, read = prefill(lm, [ctx], chunk_size=chunk)
-    per_q = [cuda_ms(lambda q=q: first_token(q + ctx + q, read), reps=1, warmup=1) for q in qs]
+    read_ms = cuda_ms(lambda: read(ctx), reps, warmup=2)
+    _, doc = read(ctx)
+    per_q = [cuda_ms(lambda q=q: first_token(q + ctx + q, doc), reps=1, warmup=1) for q in qs]
     cached = (read_ms + sum(per_q)) / questions
     mem = peak_mb(lambda: first_token(ctx + qs[0] + ctx + qs[0]))
-    return {"context": context, "plain_ms": plain, "jrt_ms": jrt, "jrt_over_plain": jrt / plain,
+    return {"context": context, "prefill": "graphs" if graph is not None else "eager",
+            "plain_ms": plain, "jrt_ms": jrt, "jrt_over_plain": jrt / plain,
             "read_ms": read_ms, "jrt_cached_per_question_ms": cached, "jrt_cached_over_plain": cached / plain,
             "questions": questions, "peak_mb_jrt": mem}
 
@@ -184,8 +189,9 @@ def hf_numbers(hf, vocab: int, prompt: int = 2048, decode_tokens: int = 16, batc
 
 
 def run(models: list[str], contexts: list[int], batches: list[int], chunk: int = 8192, hf_compare: bool = True,
-        log=print, on_result=None, compile: bool = False) -> list[dict]:
-    """Every measurement for each model in turn; ``on_result(results)`` after each model (partial saves)."""
+        log=print, on_result=None, compile: bool = False, graph_prefill: bool = True) -> list[dict]:
+    """Every measurement for each model in turn; ``on_result(results)`` after each model (partial saves).
+    Time to first token is measured eager, and with ``graph_prefill`` also replayed from CUDA graphs."""
     results = []
     for name in models:
         t0 = time.time()
@@ -193,13 +199,17 @@ def run(models: list[str], contexts: list[int], batches: list[int], chunk: int =
         vocab = lm.config.vocab_size
         entry = {"model": name, "params_m": sum(p.numel() for p in lm.parameters()) / 1e6,
                  "state_bytes_per_row": lm.init_state(1).nbytes, "ttft": [], "decode": []}
+        graphs = [None, GraphedPrefill(lm, 1, chunk)] if graph_prefill else [None]
         for n in contexts:
-            try:
-                entry["ttft"].append(ttft(lm, n, chunk, vocab))
-            except torch.cuda.OutOfMemoryError as e:
-                entry["ttft"].append({"context": n, "error": f"out of memory: {e}"[:200]})
-            log(f"{name} ttft {entry['ttft'][-1]}")
-            torch.cuda.empty_cache()
+            for graph in graphs:
+                try:
+                    entry["ttft"].append(ttft(lm, n, chunk, vocab, graph=graph))
+                except torch.cuda.OutOfMemoryError as e:
+                    entry["ttft"].append({"context": n, "prefill": "graphs" if graph else "eager",
+                                          "error": f"out of memory: {e}"[:200]})
+                log(f"{name} ttft {entry['ttft'][-1]}")
+                torch.cuda.empty_cache()
+        del graphs
         for b in batches:
             entry["decode"].append(decode_speed(lm, b, vocab, compile=compile))
             log(f"{name} decode {entry['decode'][-1]}")
