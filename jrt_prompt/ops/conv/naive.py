@@ -12,14 +12,18 @@ import torch.nn.functional as F
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  tail: torch.Tensor | None = None, mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """y[t] = bias + sum_k weight[:, k] * s[t + k] over s = (tail, x), per channel.
+                  tail: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+                  activation: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """y[t] = act(bias + sum_k weight[:, k] * s[t + k]) over s = (tail, x), per channel.
 
     x: [B, L, C]; weight: [C, K]; bias: [C] or None; tail: [B, K-1, C] or None (zeros);
-    mask: [B, L] bool, True for real tokens, padding on the left only.
-    Returns y [B, L, C] (zero at padded positions) and the new tail [B, K-1, C].
+    mask: [B, L] bool, True for real tokens, padding on the left only; activation: None (identity) or "silu".
+    Weight, bias and tail are rounded to x's dtype and the conv runs in it; the activation follows in x's dtype.
+    Returns y [B, L, C] in x's dtype (zero at padded positions) and the new tail [B, K-1, C] in x's dtype
+    (a row with no real token keeps its old tail).
     """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', not {activation!r}")
     B, L, C = x.shape
     K = weight.shape[1]
     if tail is None:
@@ -34,6 +38,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         seq = seq.masked_fill((j < pads)[..., None], 0)
     y = F.conv1d(seq.transpose(1, 2), weight[:, None, :].to(x.dtype), bias.to(x.dtype) if bias is not None else None,
                  groups=C).transpose(1, 2)
+    if activation == "silu":
+        y = F.silu(y)
     if mask is not None:
         y = y.masked_fill(~mask[..., None], 0)
     return y, seq[:, L:].contiguous() if K > 1 else seq[:, :0].contiguous()
