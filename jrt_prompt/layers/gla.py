@@ -84,8 +84,7 @@ class ShortConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, device=device, dtype=dtype))
 
     def forward(self, x, tail, mask=None):
-        y, tail = causal_conv1d(x, self.weight[:, 0], None, tail, mask)
-        return F.silu(y), tail
+        return causal_conv1d(x, self.weight[:, 0], None, tail, mask, activation="silu")
 
     def step(self, x, tail):
         return F.silu(causal_conv1d_step(x, self.weight[:, 0], None, tail))

@@ -37,6 +37,11 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+def conv_activation(name: str) -> str | None:
+    """The activation ``ops.conv.causal_conv1d`` applies inside its kernel, or None (the layer applies it)."""
+    return "silu" if name in ("silu", "swish") else None
+
+
 def depthwise_conv(channels: int, kernel: int, bias: bool, device=None, dtype=None) -> nn.Conv1d:
     """Holds the conv's parameters in the layout checkpoints store (weight [C, 1, K]); never called as a module."""
     return nn.Conv1d(channels, channels, kernel, groups=channels, padding=kernel - 1, bias=bias, device=device,
@@ -50,7 +55,7 @@ class MambaMixer(nn.Module):
         dt_rank = dt_rank if dt_rank is not None else -(-d_model // 16)
         kw = dict(device=device, dtype=dtype)
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
-        self.act = activation(hidden_act)
+        self.act, self.conv_act = activation(hidden_act), conv_activation(hidden_act)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=use_bias, **kw)
         self.conv1d = depthwise_conv(d_inner, d_conv, use_conv_bias, **kw)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False, **kw)
@@ -84,8 +89,10 @@ class MambaMixer(nn.Module):
         if mask is not None:
             u = u * mask[..., None].to(u.dtype)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, tail = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, state["conv"], mask)
-        x = self.act(x)
+        x, tail = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, state["conv"], mask,
+                                activation=self.conv_act)
+        if self.conv_act is None:
+            x = self.act(x)
         dt, B, C = self._ssm_inputs(x)
         y, ssm = selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, z, delta_bias=self.dt_proj.bias,
                                 initial_state=state["ssm"], mask=mask)

@@ -20,7 +20,7 @@ from ..ops.norm import gated_rms_norm
 from ..ops.norm_linear import gated_rms_norm_linear
 from ..ops.ssd import ssd
 from ..state import LayerState
-from .mamba import activation, depthwise_conv
+from .mamba import activation, conv_activation, depthwise_conv
 
 
 class GatedRMSNorm(nn.Module):
@@ -54,7 +54,7 @@ class Mamba2Mixer(nn.Module):
         self.d_state, self.n_groups = d_state, n_groups
         self.d_conv, self.conv_dim = d_conv, d_inner + 2 * n_groups * d_state
         self.dt_limit, self.chunk_size = (float(dt_limit[0]), float(dt_limit[1])), chunk_size
-        self.act = activation(hidden_act)
+        self.act, self.conv_act = activation(hidden_act), conv_activation(hidden_act)
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + n_heads, bias=use_bias, **kw)
         self.conv1d = depthwise_conv(self.conv_dim, d_conv, use_conv_bias, **kw)
         self.dt_bias = nn.Parameter(torch.zeros(n_heads, **kw))
@@ -96,8 +96,9 @@ class Mamba2Mixer(nn.Module):
         if mask is not None:
             u = u * mask[..., None].to(u.dtype)
         z, xBC, dt = self._split_in(u)
-        xBC, tail = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"], mask)
-        x, B, C = self._split_conv(self.act(xBC))
+        xBC, tail = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, state["conv"], mask,
+                                  activation=self.conv_act)
+        x, B, C = self._split_conv(xBC if self.conv_act else self.act(xBC))
         y, ssm = ssd(x, dt, -torch.exp(self.A_log.float()), B, C, self._skip_weight(), dt_bias=self.dt_bias,
                      dt_limit=self.dt_limit, initial_state=state["ssm"], mask=mask, chunk_size=self.chunk_size)
         return self._out(y.flatten(-2), z), {"conv": tail, "ssm": ssm}
