@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # One GPU call's checks and timings in priority order, each under the time left (the device allows 600 s a call
 # and returns at most 8 files): `bash benchmarks/gpu_call.sh` from the repository root on the GPU machine.
-# This call: the Mamba-2 prefill kernels (conv, SSD prep/skip), the graphed prefill, then where the time goes.
+# This call: the other architectures' GPU tests after the prefill changes (forward_unadded, conv kernel, graphed
+# prefill), then time to first token with graphs for Based 360M and GLA 1.3B, and the prefill's host time.
 source benchmarks/gpu_setup.sh > /tmp/setup.txt 2>&1
 set +e  # gpu_setup.sh sets -e; a failing step must not end the call before the log is written
 L=/tmp/log.txt; cat /tmp/setup.txt > $L
-bash benchmarks/gpu_tests.sh ${TEST_SECONDS:-330} tests/test_ops_conv_triton.py tests/test_ops_ssd_triton.py \
-  tests/test_cuda_graph_gpu.py tests/test_mamba2.py tests/test_based.py >/dev/null
-cat $OUT/gpu_summary.txt >> $L
-timeout 100 python3 benchmarks/prefill_profile.py --models mamba2-370m --tokens 2048 > $OUT/prefill_profile.json 2>> $L
-timeout 120 python3 -m jrt_prompt.bench e2e --models mamba2-370m --contexts 2048,8192 --batches 1 --no-hf \
+t() { local s=$1; shift; timeout $s python3 -m pytest -m gpu -q -p no:cacheprovider -rfE "$@" > /tmp/t.txt 2>&1;
+      echo "$* rc=$? :: $(tail -1 /tmp/t.txt)" >> $L; grep -E "^(FAILED|ERROR)|Error|assert" /tmp/t.txt | head -20 >> $L; }
+t 100 tests/test_based.py
+t 130 tests/test_gla_gpu.py -k "prefill_replays or pieces_and_steps"
+t 120 tests/test_fla_mamba.py -k "mamba2 and not float32"
+t 60 tests/test_mamba.py
+timeout 60 python3 benchmarks/prefill_profile.py --models mamba2-370m --tokens 2048 > $OUT/prefill_profile.json 2>> $L
+timeout 150 python3 -m jrt_prompt.bench e2e --models based-360m,gla-1.3b --contexts 2048,8192 --batches 1 --no-hf \
   --json $OUT/e2e.json >> $L 2>&1
-echo "=========== logs" >> $L; cat $OUT/gpu_logs.txt >> $L
-rm -f $OUT/gpu_summary.txt $OUT/gpu_logs.txt; mv $L $OUT/log.txt; ls $OUT
+mv $L $OUT/log.txt; ls $OUT

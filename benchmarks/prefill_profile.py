@@ -29,8 +29,12 @@ def profile(lm, ids) -> dict:
     kernels = sum(e.count for e in events)
     gpu_us = sum(e.self_device_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_device_time_total)[:12]
+    host = [e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    host_top = sorted(host, key=lambda e: -e.self_cpu_time_total)[:15]
     return {"kernels": kernels, "kernel_ms": gpu_us / 1e3,
-            "top": [{"name": e.key[:90], "count": e.count, "ms": e.self_device_time_total / 1e3} for e in top]}
+            "top": [{"name": e.key[:90], "count": e.count, "ms": e.self_device_time_total / 1e3} for e in top],
+            "host_top": [{"name": e.key[:90], "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                         for e in host_top]}
 
 
 def decode_profile(lm, batch: int = 1) -> dict:

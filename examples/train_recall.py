@@ -24,7 +24,9 @@ JRT rows (examples/recall_training/gpu_run4.sh and NOTES.md). ``--buckets`` sets
 The curriculum (``--start-level`` below 1) grows on every row by default; ``--growth-rule hard-rows`` and
 ``--record-sampling top-half`` give the first GPU run's (only rows near the level's top count; half the batches
 near the top), and ``--phase2-when-acc`` starts phase 2 once plain rows at the top are recalled
-(examples/recall_training/gpu_run5.sh).
+(examples/recall_training/gpu_run5.sh; ``--phase2-acc-level`` also counts rows drawn just under level 1).
+``--variant NAME=ARCH OPTIONS`` adds a named run with options of its own to an ``--arch`` list (e.g. a second Based
+with 6 layers), ``--init-range`` sets the init scale (examples/recall_training/gpu_run6.sh).
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
 (``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
@@ -76,7 +78,7 @@ from recall_training import models as models_mod  # noqa: E402
 from recall_training.loop import GROWTH_RULES  # noqa: E402
 from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
-CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes"}
+CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes", "--variant", "--name"}
 FLAGS = {"--parallel"}  # options without a value
 REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192}  # Mamba's batch cap per PyTorch scan
 
@@ -84,7 +86,13 @@ REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192}  # Mamba's bat
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to do")
-    what.add_argument("--arch", help=f"{', '.join(ARCHS)}, all, or a comma-separated list (launched in that order)")
+    what.add_argument("--arch", help=f"{', '.join(ARCHS)}, all, or a comma-separated list (launched in that order) "
+                                     "that may name --variant runs")
+    what.add_argument("--variant", action="append", default=[], metavar="NAME=ARCH OPTIONS",
+                      help="a run named NAME for --arch lists: ARCH trained with these options after the shared "
+                           "ones (later options win), into DIR/NAME; e.g. 'based-6l=based --n-layer 6'; repeatable")
+    what.add_argument("--name", help="the run's name in log lines and tables (default: the architecture; "
+                                     "the launcher sets it for --variant runs)")
     what.add_argument("--out", type=Path, help="run folder (with --arch all or a list: one subfolder per architecture)")
     what.add_argument("--parallel", action="store_true",
                       help="with --arch all or a list: train them at once on one GPU")
@@ -102,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--heads", type=int, help="heads (default d_model // 32)")
     model.add_argument("--based-pattern", help="Based layers, one letter each: c BaseConv, l linear attn, w window")
     model.add_argument("--window", type=int, default=64, help="Based window_size (sees window/2 tokens back)")
+    model.add_argument("--init-range", type=float,
+                       help="std of the normal init of embeddings and linear layers (default: the library's: 0.02 "
+                            "for Based, GLA, Llama; 0.1 for transformers' Mamba and Mamba-2)")
     model.add_argument("--train-ops", choices=("reference", "fast"), default="reference",
                        help="training kernels on CUDA: the PyTorch references (default: no Triton compile or "
                             "autotune, training starts at once) or fla's (GLA, Mamba-2 unless fla refuses its "
@@ -160,6 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="start phase 2 as soon as the rolling value accuracy of plain rows at the curriculum's "
                           "top (level 1, rows of at least half the top record count) reaches A; --phase2-from "
                           "stays the latest start")
+    two.add_argument("--phase2-acc-level", type=float, metavar="L",
+                     help="with --phase2-when-acc: count plain rows of batches drawn at level L or above, not only "
+                          "at level 1 (growth by half can stop just under 1; default 1)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-records", default="4,8,16,32,64", help="document sizes (records of 3 facts)")
     ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
@@ -171,22 +185,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.summarize or args.export_demo or args.arch):
         p.error("give --arch (and --out), --summarize DIR... or --export-demo RUN")
-    if args.arch and not set(arch_list(args.arch)) <= set(ARCHS):
-        p.error(f"--arch must be one of {', '.join(ARCHS)}, all, or a comma-separated list of them")
+    try:
+        named = variants(args.variant)
+    except ValueError as e:
+        p.error(str(e))
+    if args.arch and not set(arch_list(args.arch)) <= set(ARCHS) | set(named):
+        p.error(f"--arch must be one of {', '.join(ARCHS)}, all, or a comma-separated list of them and of --variant "
+                "names")
+    if args.arch and set(arch_list(args.arch)) & set(named) and not ("," in args.arch or args.arch == "all"):
+        p.error("a --variant name goes in an --arch list (e.g. --arch based,NAME)")
     if args.arch and args.out is None:
         p.error("--out is required with --arch")
     if args.phase2_from is None and any(getattr(args, k) is not None for k in (
-            "phase2_mix", "phase2_records", "phase2_answer_only", "phase2_plain_questions", "phase2_when_acc")):
+            "phase2_mix", "phase2_records", "phase2_answer_only", "phase2_plain_questions", "phase2_when_acc",
+            "phase2_acc_level")):
         p.error("the --phase2-* options need --phase2-from")
     if args.phase2_when_acc is not None and not 0 <= args.phase2_when_acc <= 1:
         p.error(f"--phase2-when-acc {args.phase2_when_acc} must be an accuracy (0 to 1)")
+    if args.phase2_acc_level is not None and not 0 < args.phase2_acc_level <= 1:
+        p.error(f"--phase2-acc-level {args.phase2_acc_level} must be a curriculum level (above 0, at most 1)")
     if args.arch:  # a bad mixture fails here, not in five children
         try:
             for mixture in filter(None, mixtures(args)):
                 data_mod.check_mixture(mixture)
         except ValueError as e:
             p.error(str(e))
+    if args.arch and named and argv is not None:  # and so does a variant's option
+        for name, (arch, options) in named.items():
+            if name in arch_list(args.arch):
+                parse_args([*child_argv(argv), "--arch", arch, "--out", "x", *options])
     return args
+
+
+def variants(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """--variant "NAME=ARCH OPTIONS" -> {NAME: (ARCH, [OPTIONS])}; ValueError for a malformed one."""
+    import re
+    import shlex
+
+    named: dict[str, tuple[str, list[str]]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        words = shlex.split(rest)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name) or name in ARCHS or name in ("all", "tokenizer") \
+                or not words or words[0] not in ARCHS or name in named:
+            raise ValueError(f"--variant {spec!r} must be NAME=ARCH [OPTIONS] with a new lower-case NAME that is not "
+                             f"an architecture and ARCH one of {', '.join(ARCHS)}")
+        if any(w.split("=", 1)[0] in CHILD_OPTIONS_DROPPED for w in words[1:]):
+            raise ValueError(f"--variant {spec!r}: the launcher sets {', '.join(sorted(CHILD_OPTIONS_DROPPED))}")
+        named[name] = (words[0], words[1:])
+    return named
 
 
 def arch_list(text: str) -> list[str]:
@@ -265,7 +312,7 @@ def mixtures(args) -> tuple[data_mod.MixtureConfig, data_mod.MixtureConfig | Non
 
 def model_size(args) -> ModelSize:
     return ModelSize(d_model=args.d_model, n_layer=args.n_layer, state=args.state, heads=args.heads,
-                     based_pattern=args.based_pattern, window=args.window)
+                     based_pattern=args.based_pattern, window=args.window, init_range=args.init_range)
 
 
 # --------------------------------------------------------------------------- one architecture
@@ -276,9 +323,12 @@ def run_one(args, arch: str, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"arch": arch, "status": "starting", "argv": sys.argv, "seed": args.seed,
                      "size": vars(model_size(args)), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.name and args.name != arch:
+        results["name"] = args.name
+    name = args.name or arch
     save = lambda: report.write_results(out, results)  # noqa: E731
     save()
-    log = lambda msg: print(f"[{arch}] {msg}" if not msg.startswith("[") else msg, flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{name}] {msg}" if not msg.startswith("[") else msg, flush=True)  # noqa: E731
 
     def stopped(signum, frame):  # the launcher's deadline: say so in results.json, keep what is there
         results["status"] = f"stopped by signal {signum} while {results['status']}"
@@ -356,7 +406,7 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         results["state_bytes"] = models.state_bytes(trainable)
     mixture, second = mixtures(args)
     phase2 = None if second is None else loop.Phase2(args.phase2_from, second, args.phase2_recall_weight,
-                                                     args.phase2_when_acc)
+                                                     args.phase2_when_acc, args.phase2_acc_level or 1.0)
     config = loop.TrainConfig(minutes=args.minutes, max_steps=args.max_steps, lr=args.lr, warmup_steps=args.warmup,
                               start_level=args.start_level, growth_rule=args.growth_rule,
                               floor_from=args.floor_from, floor_to=max(args.floor_from, 0.8),
@@ -372,7 +422,8 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         results["training"] = _plain(r)
         save()
 
-    trained = loop.train(trainable, tokenizer, config, args.seed, device, log=log, on_log=on_log)
+    trained = loop.train(trainable, tokenizer, config, args.seed, device, log=log, on_log=on_log,
+                         name=args.name or arch)
     results["training"] = _plain(trained)
     results["status"] = "saving"
     save()
@@ -486,6 +537,7 @@ def run_all(args, argv: list[str]) -> int:
         save_tokenizer(build_tokenizer(args.vocab_size), tok_dir)
     load_tokenizer(tok_dir)  # fail here, not five times
     base = [sys.executable, str(Path(__file__).resolve()), *child_argv(argv), "--tokenizer", str(tok_dir)]
+    named = variants(args.variant)
     grace = 240.0  # start-up (imports, Triton compiles), saving, and the evaluation's last size
     deadline_each = (args.minutes + args.eval_minutes) * 60 + grace
     launch_deadline = time.time() + args.deadline_minutes * 60 if args.deadline_minutes else float("inf")
@@ -497,13 +549,14 @@ def run_all(args, argv: list[str]) -> int:
     positions: dict[str, int] = {}
     while pending or running:
         while pending and (args.parallel or not running):
-            arch = pending.pop(0)
+            arch = pending.pop(0)  # an architecture or a --variant name
             folder = args.out / arch
             folder.mkdir(parents=True, exist_ok=True)
             log_path = folder / "train.log"
             handle = open(log_path, "w")
-            proc = subprocess.Popen(base + ["--arch", arch, "--out", str(folder)], stdout=handle,
-                                    stderr=subprocess.STDOUT, env=env)
+            real, options = named.get(arch, (arch, []))
+            which = ["--arch", real, "--out", str(folder), *options] + (["--name", arch] if arch in named else [])
+            proc = subprocess.Popen(base + which, stdout=handle, stderr=subprocess.STDOUT, env=env)
             running[arch] = (proc, min(time.time() + deadline_each, launch_deadline), log_path, handle)
             positions[arch] = 0
             print(f"[launcher] started {arch} (pid {proc.pid}), log {log_path}", flush=True)

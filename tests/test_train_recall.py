@@ -197,6 +197,23 @@ def test_trainable_shares_storage_with_the_saved_model(tok, tmp_path, arch):
         torch.testing.assert_close(loaded(ids)[0], trainable.lm(ids)[0])
 
 
+def test_init_range_sets_the_init_of_every_architecture(tok):
+    """--init-range R: embeddings and linear layers drawn with std R (transformers' Mamba and Mamba-2 default to
+    0.1, the others to 0.02); R = 0.02 leaves Based unchanged; the saved config records it."""
+    size = replace(TINY, d_model=64, heads=2)
+    for arch, default in (("mamba2", 0.1), ("mamba", 0.1), ("gla", 0.02)):
+        for r in (None, 0.02, 0.05):
+            hf = models.build_hf_model(arch, replace(size, init_range=r), len(tok), tok.eos_token_id, seed=0)
+            std = hf.get_input_embeddings().weight.std().item()
+            assert abs(std / (r or default) - 1) < 0.1 and hf.config.initializer_range == (r or default), (arch, r)
+    plain = models.build_hf_model("based", size, len(tok), tok.eos_token_id, seed=0)
+    same = models.build_hf_model("based", replace(size, init_range=0.02), len(tok), tok.eos_token_id, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), same.state_dict().values()))
+    args = train_recall.parse_args(["--arch", "mamba2", "--out", "x", "--init-range", "0.02"])
+    assert train_recall.model_size(args).init_range == 0.02
+    assert train_recall.model_size(train_recall.parse_args(["--arch", "gla", "--out", "x"])).init_range is None
+
+
 def test_missing_gradient_is_an_error(tok):
     hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
     trainable = models.make_trainable("gla", hf)
@@ -405,6 +422,23 @@ def test_phase2_starts_when_plain_rows_at_the_top_are_recalled(tok, monkeypatch)
     with pytest.raises(SystemExit):
         train_recall.parse_args(["--arch", "based", "--out", "x", "--phase2-from", "0.5", "--phase2-when-acc", "2"])
 
+    # --phase2-acc-level L: rows of batches drawn at level L or above count too (run 5's Based stopped at 0.957)
+    lower = loop.Phase2(0.6, data.MixtureConfig(), when_acc=0.7, acc_level=0.9)
+    cur = loop.Curriculum(loop.TrainConfig(start_level=0.5, phase2=lower))
+    for step in range(16):
+        cur.update(_stand_in_batch(32, 18, 0.85, 34), [True] * 32, 0.3, step)  # below L: left out
+    assert cur.top_accuracy() is None
+    for step in range(16):
+        cur.update(_stand_in_batch(32, 17, 0.957, 34), [True] * 24 + [False] * 8, 0.3, step)
+    assert cur.top_accuracy() == 0.75 and loop.phase2_trigger(lower, cur, 0.3) == "accuracy"
+    assert loop.Curriculum(loop.TrainConfig(phase2=phase2)).top_level == 1.0  # the default
+    args = train_recall.parse_args(["--arch", "based", "--out", "x", "--phase2-from", "0.6", "--phase2-when-acc",
+                                    "0.5", "--phase2-acc-level", "0.9"])
+    assert args.phase2_acc_level == 0.9
+    for bad in (["--phase2-from", "0.6", "--phase2-acc-level", "0"], ["--phase2-acc-level", "0.9"]):
+        with pytest.raises(SystemExit):
+            train_recall.parse_args(["--arch", "based", "--out", "x", *bad])
+
     monkeypatch.setattr(loop.Curriculum, "WINDOW", 4)  # in training: the first batch (4 plain rows) fills it
     args = train_recall.parse_args(["--arch", "gla", "--out", "x", "--mix", "plain=1", "--records", "plain=1-2",
                                     "--plain-questions", "1", "--phase2-from", "1", "--phase2-when-acc", "0",
@@ -415,8 +449,10 @@ def test_phase2_starts_when_plain_rows_at_the_top_are_recalled(tok, monkeypatch)
                               phase2=loop.Phase2(1.0, replace(second, tokens_per_batch=256), when_acc=0.0))
     hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
     said = []
-    result = loop.train(models.make_trainable("gla", hf), tok, config, 0, torch.device("cpu"), log=said.append)
+    result = loop.train(models.make_trainable("gla", hf), tok, config, 0, torch.device("cpu"), log=said.append,
+                        name="gla-x")
     assert (result.phase2_step, result.phase2_by) == (1, "accuracy") and any("by accuracy" in m for m in said)
+    assert said and all(m.startswith("[gla-x] ") for m in said)  # the run's name, not its architecture
     assert [h["phase"] for h in result.history] == [1, 2, 2]
 
 
@@ -530,6 +566,60 @@ def test_summary_table_and_targets(tmp_path):
 def test_launcher_passes_options_through_to_children():
     argv = ["--arch", "all", "--parallel", "--out", "runs", "--minutes", "6", "--tokenizer=t", "--d-model", "96"]
     assert train_recall.child_argv(argv) == ["--minutes", "6", "--d-model", "96"]
+    argv = ["--arch", "based,b6", "--variant", "b6=based --n-layer 6", "--minutes", "6", "--name", "n"]
+    assert train_recall.child_argv(argv) == ["--minutes", "6"]
+
+
+def test_variants_launch_named_runs_with_their_own_options(tok_dir, tmp_path, monkeypatch):
+    """--variant NAME=ARCH OPTIONS: NAME in an --arch list is ARCH trained with OPTIONS after the shared ones, into
+    DIR/NAME, logging and tabled under its name; malformed variants fail before anything starts."""
+    ok = ["--arch", "based,based-6l,mamba2", "--out", "x", "--variant", "based-6l=based --n-layer 6 --lr 1e-3"]
+    args = train_recall.parse_args(ok)
+    assert train_recall.variants(args.variant) == {"based-6l": ("based", ["--n-layer", "6", "--lr", "1e-3"])}
+    for bad in (["--variant", "based=based --n-layer 6"],  # the name of an architecture
+                ["--variant", "b6=transformer"], ["--variant", "b6"], ["--variant", "B6=based"],
+                ["--variant", "b6=based --out y"],  # set by the launcher
+                ["--variant", "b6=based --n-layer six"],  # a bad option fails here, not in the child
+                ["--variant", "b6=based", "--variant", "b6=gla"]):
+        with pytest.raises(SystemExit):
+            train_recall.parse_args(["--arch", "based,b6", "--out", "x", *bad])
+    with pytest.raises(SystemExit):  # a variant alone is not an --arch list
+        train_recall.parse_args(["--arch", "b6", "--out", "x", "--variant", "b6=based"])
+    with pytest.raises(SystemExit):  # an undefined name
+        train_recall.parse_args(["--arch", "based,b6", "--out", "x"])
+
+    launched = []
+
+    class Child:  # stands in for a child process: records its command line, leaves a results.json
+        def __init__(self, cmd, stdout, stderr, env):
+            launched.append(cmd)
+            stdout.write("[child] started\n")
+            stdout.flush()
+            get = lambda opt: cmd[len(cmd) - 1 - cmd[::-1].index(opt) + 1]  # noqa: E731 - the last one wins
+            res = {"arch": get("--arch"), "size": {"d_model": 128}, "training": {"steps": 1, "seconds": 60},
+                   "accuracy": {"8": {"default": 0.4, "jrt": 0.6}}}
+            if "--name" in cmd:
+                res["name"] = get("--name")
+            report.write_results(Path(get("--out")), res)
+            self.pid, self.returncode = 1, 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(train_recall.subprocess, "Popen", Child)
+    monkeypatch.setattr(train_recall.time, "sleep", lambda s: None)
+    out = tmp_path / "runs"
+    argv = ["--arch", "based,based-6l", "--parallel", "--out", str(out), "--tokenizer", str(tok_dir), "--minutes",
+            "2", "--lr", "3e-3", "--variant", "based-6l=based --n-layer 6 --lr 1e-3"]
+    assert train_recall.main(argv) == 0
+    plain, variant = (cmd[2:] for cmd in launched)
+    assert plain[-4:] == ["--arch", "based", "--out", str(out / "based")] and "--variant" not in plain
+    assert variant[-10:] == ["--arch", "based", "--out", str(out / "based-6l"), "--n-layer", "6", "--lr", "1e-3",
+                             "--name", "based-6l"] and variant.index("3e-3") < variant.index("1e-3")
+    child = train_recall.parse_args(variant)  # later options win
+    assert (child.lr, child.n_layer, child.name, child.arch) == (1e-3, 6, "based-6l", "based")
+    table = (out / "RESULTS.md").read_text()
+    assert "| based d128 |" in table and "| based d128 (based-6l) |" in table
 
 
 def test_evaluation_scores_like_jrt_eval(tok):

@@ -1,11 +1,12 @@
-# The launch and packing shared by gpu_run4.sh and gpu_run5.sh, sourced by them after they set their recipe:
+# The launch and packing shared by gpu_run4.sh, gpu_run5.sh and gpu_run6.sh, sourced by them after they set their
+# recipe:
 #   . examples/recall_training/gpu_launch.sh NAME RECIPE-OPTIONS...
-# Trains ARCH (all, one, or a comma-separated list) with the recipe into $OUT/NAME, writes $OUT/NAME/RESULTS.md,
-# then leaves at most five files: $OUT/RESULTS.md, $OUT/NAME.log (the launcher's output), $OUT/NAME-results.tgz
-# (results.json, train.log, configs, tokenizers, RESULTS.md) and $OUT/NAME-models.tgz.aa (+ .ab: the weights in
-# 15 MiB parts; join with cat), and removes the folder (a call returns 8 files at most). Reads OUT, ARCH, MINUTES,
-# EVAL_MINUTES, DEADLINE_MINUTES, EVAL_RECORDS (evaluated with the PyTorch reference ops), and for smoke runs
-# PYTHON, PARALLEL, DEVICE, WORKERS, EXTRA_ARGS. No command stops it.
+# Trains ARCH (all, one, or a comma-separated list, which may name --variant runs of the recipe) with the recipe into
+# $OUT/NAME, writes $OUT/NAME/RESULTS.md, then leaves at most five files: $OUT/RESULTS.md, $OUT/NAME.log (the
+# launcher's output), $OUT/NAME-results.tgz (results.json, train.log, configs, tokenizers, RESULTS.md) and
+# $OUT/NAME-models.tgz.aa (+ .ab: the weights in 15 MiB parts; join with cat), and removes the folder (a call returns
+# 8 files at most). Reads OUT, ARCH, MINUTES, EVAL_MINUTES, DEADLINE_MINUTES, EVAL_RECORDS (evaluated with the PyTorch
+# reference ops), and for smoke runs PYTHON, PARALLEL, DEVICE, WORKERS, EXTRA_ARGS. No command stops it.
 : "${OUT:?OUT must name the output folder}"
 EVAL_RECORDS=${EVAL_RECORDS:-4,8,16,24,32,48}
 NAME=$1

@@ -40,6 +40,8 @@ class ModelSize:
     heads: int | None = None  # linear-attention / GLA / attention heads (default d_model // 32)
     based_pattern: str | None = None  # one letter per layer: c BaseConv, l linear attention, w window
     window: int = 64  # Based window_size (each token sees window // 2 back)
+    init_range: float | None = None  # std of the normal init of embeddings and linear layers (None: the library's:
+    # 0.02 for Based, GLA and Llama, 0.1 for transformers' Mamba and Mamba-2)
 
     def n_heads(self) -> int:
         return self.heads or max(1, self.d_model // 32)
@@ -71,7 +73,8 @@ def based_config(size: ModelSize, vocab: int, eos: int) -> dict:
         "n_positions": 0, "activation_function": "swiglu", "rms_norm": True, "residual_in_fp32": True,
         "layer_norm_epsilon": 1e-5, "pad_vocab_size_multiple": VOCAB_MULTIPLE, "tie_word_embeddings": True,
         "rotary_emb_fraction": 1, "rotary_emb_base": 10000, "qkv_proj_bias": False, "out_proj_bias": False,
-        "mlp_fc1_bias": False, "mlp_fc2_bias": False, "initializer_range": 0.02,
+        "mlp_fc1_bias": False, "mlp_fc2_bias": False,
+        "initializer_range": 0.02 if size.init_range is None else size.init_range,
         "mixer": {"_target_": "based.models.mixers.convolution.BaseConv", "expand_proj": 4, "kernel_sizes": 3,
                   "use_bias": True, "l_max": 8192},
         "alt_mixer": {"_target_": "based.models.mixers.linear_attention.LinearAttention", "feature_dim": 16,
@@ -87,7 +90,9 @@ def based_config(size: ModelSize, vocab: int, eos: int) -> dict:
 
 def _hf_config(arch: str, size: ModelSize, vocab: int, eos: int):
     d, n, heads = size.d_model, size.n_layer, size.n_heads()
-    ids = dict(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    shared = dict(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    if size.init_range is not None:
+        shared["initializer_range"] = size.init_range
     if arch == "based":
         from jrt_prompt.adapters.based import BasedConfig
 
@@ -96,26 +101,26 @@ def _hf_config(arch: str, size: ModelSize, vocab: int, eos: int):
         from transformers import MambaConfig
 
         return MambaConfig(vocab_size=vocab, hidden_size=d, state_size=size.state or 16, num_hidden_layers=2 * n,
-                           expand=2, conv_kernel=4, tie_word_embeddings=True, **ids)
+                           expand=2, conv_kernel=4, tie_word_embeddings=True, **shared)
     if arch == "mamba2":
         from transformers import Mamba2Config
 
         head_dim = 32
         return Mamba2Config(vocab_size=vocab, hidden_size=d, state_size=size.state or 32, num_hidden_layers=2 * n,
                             expand=2, head_dim=head_dim, num_heads=2 * d // head_dim, n_groups=1, conv_kernel=4,
-                            chunk_size=64, tie_word_embeddings=True, **ids)
+                            chunk_size=64, tie_word_embeddings=True, **shared)
     if arch == "gla":
         from fla.models import GLAConfig
 
         return GLAConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n, num_heads=heads, expand_k=0.5,
                          expand_v=1.0, intermediate_size=3 * d, use_short_conv=True, conv_size=4,
-                         tie_word_embeddings=True, fuse_cross_entropy=False, **ids)
+                         tie_word_embeddings=True, fuse_cross_entropy=False, **shared)
     if arch == "llama":
         from transformers import LlamaConfig
 
         return LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=3 * d, num_hidden_layers=n,
                            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=16384,
-                           tie_word_embeddings=True, attn_implementation="sdpa", **ids)
+                           tie_word_embeddings=True, attn_implementation="sdpa", **shared)
     raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
 
 

@@ -72,6 +72,13 @@ def in_arch_order(results: list[dict]) -> list[dict]:
     return sorted(results, key=lambda r: (order.get(r.get("arch"), 9), r.get("folder", "")))
 
 
+def model_label(result: dict) -> str:
+    """"based d128", or "based d128 (based-6l)" for a run named otherwise (train_recall.py's --variant)."""
+    label = f"{result.get('arch')} d{result.get('size', {}).get('d_model', '?')}"
+    name = result.get("name")
+    return f"{label} ({name})" if name and name != result.get("arch") else label
+
+
 def summary_markdown(results: list[dict]) -> str:
     sizes = sorted({int(r) for res in results for r in (res.get("accuracy") or {})})
     head = ["model", "params", "state / seq"] + [f"{s} rec. plain / JRT" for s in sizes] + \
@@ -89,7 +96,7 @@ def summary_markdown(results: list[dict]) -> str:
                       else f"KV {_bytes(res.get('kv_bytes_per_token'))}/token")
         train = res.get("training") or {}
         target = "baseline" if res.get("arch") == "llama" else target_check(res)
-        name = f"{res.get('arch')} d{res.get('size', {}).get('d_model', '?')}"
+        name = model_label(res)
         lines.append("| " + " | ".join([name, f"{res.get('params', 0) / 1e6:.2f}M", state_cell, *cells,
                                          str(train.get("steps", "-")),
                                          f"{train.get('seconds', 0) / 60:.1f}", target]) + " |")
@@ -157,7 +164,7 @@ def phase2_digest(results: list[dict]) -> str:
             got = hits.get(b, {})
             cells.append(" / ".join(_pct(got[f][0] / got[f][1]) if got.get(f, [0, 0])[1] else "-"
                                     for f in ("plain", "jrt", "question_first")))
-        name = f"{res.get('arch')} d{res.get('size', {}).get('d_model', '?')}"
+        name = model_label(res)
         lines.append("| " + " | ".join([name, str(start), str(since), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
