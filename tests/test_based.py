@@ -306,6 +306,9 @@ def test_on_gpu_matches_the_reference_and_keeps_the_properties(folder, cfg, weig
     _close(model(ids.cuda())[0].cpu(), reference_logits(cfg, weights, ids), tol=1e-3)
     check_all(_OnCuda(model), cfg["vocab_size"], tol=1e-3)
     check_graphed_prefill(model, cfg["vocab_size"])
+    # bf16: the Triton prefill kernels (float32 takes the reference), masked pieces inside a CUDA graph
+    check_graphed_prefill(based.from_folder(folder, cfg, device="cuda", dtype=torch.bfloat16), cfg["vocab_size"],
+                          tol=3e-2)
 
 
 @torch.no_grad()

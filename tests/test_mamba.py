@@ -13,6 +13,7 @@ import torch
 from jrt_prompt.adapters import mamba, mamba2
 from jrt_prompt.checkpoint import read_config
 from jrt_prompt.errors import CheckpointError
+from jrt_prompt.ops.backend import reference_ops
 from tests.checkpoints_mamba import (assert_differentiable, expect_error, hf_logits, ids_for, load_folder,
                                      mamba1_ssm_cfg, mamba_ssm_weights, tiny_mamba, use_layer_norms,
                                      write_hf_folder, write_mamba_ssm_folder)
@@ -147,9 +148,18 @@ def test_cuda_matches_cpu():
     ids = ids_for(64, batch=3, length=150)
     ref, _ = cpu(ids)
     rel = lambda a, b: ((a.cpu().double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
-    for dtype, tol in ((torch.float32, 2e-3), (torch.bfloat16, 3e-2)):  # cuDNN convs may use TF32
-        gpu = mamba.from_model(copy.deepcopy(hf).to("cuda", dtype))
+    def pieces_and_steps(gpu):
         _, s = gpu(ids[:, :100].cuda())
         l2, s = gpu(ids[:, 100:140].cuda(), s)
         steps = [gpu.step(ids[:, t].cuda(), s)[0][:, None] for t in range(140, 150)]
-        assert rel(torch.cat([l2, *steps], 1).float(), ref[:, 100:]) < tol, dtype
+        return rel(torch.cat([l2, *steps], 1).float(), ref[:, 100:])
+
+    assert pieces_and_steps(mamba.from_model(copy.deepcopy(hf).cuda())) < 2e-3  # cuDNN convs may use TF32
+    # bfloat16: the fast paths are as close to the float32 answer as the bf16 reference path on the GPU is (bf16
+    # rounding alone is ~3% on these random weights; the fused conv + SiLU rounds once where the reference rounds
+    # twice, so the two differ by a hair either way)
+    gpu16 = mamba.from_model(copy.deepcopy(hf).to("cuda", torch.bfloat16))
+    fast16 = pieces_and_steps(gpu16)
+    with reference_ops():
+        ref16 = pieces_and_steps(gpu16)
+    assert fast16 < 1.25 * ref16 + 1e-3, (fast16, ref16)

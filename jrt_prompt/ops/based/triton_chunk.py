@@ -430,9 +430,7 @@ def _keep_padded_rows(state, initial_state, mask):
     """Rows with no real token return their initial state bit for bit (the layout conversion rounds)."""
     if state is None or mask is None or initial_state is None:
         return state
-    dead = ~mask.any(1)
-    if not bool(dead.any()):
-        return state
+    dead = ~mask.any(1)  # no host check of dead.any(): a prefill captured in a CUDA graph cannot sync
     kv, z = state
     kv0, z0 = (t.to(device=kv.device, dtype=torch.float32) for t in initial_state)
     return (torch.where(dead[:, None, None, None], kv0, kv), torch.where(dead[:, None, None], z0, z))
