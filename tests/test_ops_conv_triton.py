@@ -18,7 +18,8 @@ import torch
 
 if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.triton_child import child_main, child_results, collect_checks, interpreter_tests, on_device  # noqa: E402
+from tests.triton_child import (child_main, child_results, collect_checks, gpu_checks_test, interpreter_tests,
+                                on_device)  # noqa: E402
 
 DEVICE = "cpu"
 BF16 = torch.bfloat16
@@ -295,11 +296,7 @@ def test_kernel_compiles_for_hopper():
 # pytest, GPU: compiled kernels
 
 
-@pytest.mark.gpu
-def test_gpu_checks():
-    with on_device(globals(), "cuda"):
-        for fn in CHECKS.values():
-            fn()
+test_gpu_checks = gpu_checks_test(globals(), CHECKS)
 
 
 @pytest.mark.gpu

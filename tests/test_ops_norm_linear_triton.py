@@ -16,7 +16,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script (the interpreter child): make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.triton_child import child_main, collect_checks, interpreter_tests, on_device  # noqa: E402
+from tests.triton_child import child_main, collect_checks, gpu_checks_test, interpreter_tests, on_device  # noqa: E402
 
 DEVICE = "cpu"
 BF16 = torch.bfloat16
@@ -150,11 +150,7 @@ def test_dispatch_takes_reference_on_cpu():
 # pytest, GPU: compiled kernels
 
 
-@pytest.mark.gpu
-def test_gpu_checks():
-    with on_device(globals(), "cuda"):
-        for fn in CHECKS.values():
-            fn()
+test_gpu_checks = gpu_checks_test(globals(), CHECKS)
 
 
 @pytest.mark.gpu

@@ -95,3 +95,17 @@ def interpreter_tests(test_file: str, checks: dict[str, Callable]):
         assert result == "ok", result
 
     return interpreter_results, test_under_triton_interpreter
+
+
+def gpu_checks_test(namespace: dict, checks: dict[str, Callable]):
+    """The same checks compiled (``pytest -m gpu``): one test running every check on CUDA tensors. In the file:
+    ``test_gpu_checks = gpu_checks_test(globals(), CHECKS)``."""
+    import pytest
+
+    @pytest.mark.gpu
+    def test_gpu_checks():
+        with on_device(namespace, "cuda"):
+            for fn in checks.values():
+                fn()
+
+    return test_gpu_checks
