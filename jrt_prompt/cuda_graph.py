@@ -93,35 +93,44 @@ class GraphedPrefill:
     running them (Mamba-2 370M, 2048 tokens: 79 ms eager for 24 ms of kernels, H100). Every graph reads and
     updates one static state in place and reads static ids and a left-padding mask, so the pieces of one
     prompt chain without copies. Graphs share one memory pool and are captured on first use of a length
-    (a few forwards each: the first prompt of a new length pays that once)."""
+    (a few forwards each: the first prompt of a new length pays that once). ``capture=False`` runs the same
+    pieces on the same buffers without graphs (any device: how CPU tests check the piece logic)."""
 
-    def __init__(self, model: RecurrentLM, batch_size: int, chunk_size: int, warmup: int = 2):
-        if model.device.type != "cuda":
+    def __init__(self, model: RecurrentLM, batch_size: int, chunk_size: int, warmup: int = 2, *,
+                 capture: bool = True):
+        if capture and model.device.type != "cuda":
             raise ValueError("CUDA graphs need a model on a CUDA device")
         self.model, self.batch_size, self.chunk_size, self.warmup = model, batch_size, chunk_size, warmup
+        self.capture = capture
         self.state = model.init_state(batch_size)
-        self.pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self._pieces: dict[int, _Piece] = {}
 
-    def _graph(self, length: int):
-        if length in self._graphs:
-            return self._graphs[length]
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One piece over the static state, which it advances in place; returns the last logits."""
+        logits, new = self.model.forward_unchecked(ids, self.state, mask, last_only=True)
+        torch._foreach_copy_(*self.state.paired(new))
+        return logits
+
+    def _piece(self, length: int) -> "_Piece":
+        if length in self._pieces:
+            return self._pieces[length]
         model, dev = self.model, self.model.device
-        ids = torch.zeros(self.batch_size, length, dtype=torch.long, device=dev)
-        mask = torch.ones(self.batch_size, length, dtype=torch.bool, device=dev)
-        scratch = model.init_state(self.batch_size)  # warm-up runs must not touch the live state
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(self.warmup):  # autotune / allocate outside the capture
-                model.forward_unchecked(ids, scratch, mask, last_only=True)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self.pool):
-            logits, new = model.forward_unchecked(ids, self.state, mask, last_only=True)
-            torch._foreach_copy_(*self.state.paired(new))
-        self._graphs[length] = (graph, ids, mask, logits)
-        return self._graphs[length]
+        piece = _Piece(torch.zeros(self.batch_size, length, dtype=torch.long, device=dev),
+                       torch.ones(self.batch_size, length, dtype=torch.bool, device=dev))
+        if self.capture:
+            scratch = model.init_state(self.batch_size)  # warm-up runs must not touch the live state
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.no_grad(), torch.cuda.stream(side):
+                for _ in range(self.warmup):  # autotune / allocate outside the capture
+                    model.forward_unchecked(piece.ids, scratch, piece.mask, last_only=True)
+            torch.cuda.current_stream().wait_stream(side)
+            piece.graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(piece.graph, pool=self.pool):
+                piece.logits = self._run(piece.ids, piece.mask)
+        self._pieces[length] = piece
+        return piece
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None, state: RecurrentState | None, progress=None
                  ) -> tuple[torch.Tensor, RecurrentState]:
@@ -138,7 +147,8 @@ class GraphedPrefill:
             self.state.copy_(state)
         start, logits = -pad, None
         for n in pieces:
-            graph, sids, smask, logits = self._graph(n)
+            piece = self._piece(n)
+            sids, smask = piece.ids, piece.mask
             lo = max(start, 0)
             if lo > start:  # the first piece: left padding in front of the prompt
                 sids[:, :lo - start].zero_()
@@ -148,7 +158,12 @@ class GraphedPrefill:
                 smask[:, lo - start:].copy_(mask[:, lo:start + n])
             else:
                 smask[:, lo - start:].fill_(True)
-            graph.replay()
+            if piece.graph is not None:
+                piece.graph.replay()
+            else:
+                with torch.no_grad():
+                    piece.logits = self._run(sids, smask)
+            logits = piece.logits
             start += n
             if progress is not None:
                 progress(start)
@@ -157,3 +172,11 @@ class GraphedPrefill:
         torch._foreach_copy_(out.tensors(), self.state.tensors())
         return logits[:, -1].clone(), out
 
+
+class _Piece:
+    """One piece length's static ids and mask, its graph (None without capture) and its logits."""
+
+    __slots__ = ("ids", "mask", "graph", "logits")
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor):
+        self.ids, self.mask, self.graph, self.logits = ids, mask, None, None

@@ -99,15 +99,16 @@ def check_load_into_static_state(lm: RecurrentLM, vocab: int, *, tol=1e-4, seed=
 
 
 @torch.no_grad()
-def check_graphed_prefill(lm: RecurrentLM, vocab: int, *, tol=1e-3, seed=4, chunk=64):
-    """(CUDA) A prefill replayed from CUDA graphs, in pieces padded to bucket lengths, equals the eager prefill:
+def check_graphed_prefill(lm: RecurrentLM, vocab: int, *, tol=1e-3, seed=4, chunk=64, capture=True):
+    """A prefill replayed from CUDA graphs, in pieces padded to bucket lengths, equals the eager prefill:
     lengths below, at and across the piece length, a ragged left-padded batch, from an empty and from a
-    prefilled state (which it must not change), with graphs replayed again for later prompts."""
+    prefilled state (which it must not change), with graphs replayed again for later prompts. ``capture=False``
+    (any device): the same pieces on the same static buffers without graphs."""
     from jrt_prompt.cuda_graph import GraphedPrefill
     from jrt_prompt.generate import prefill
 
     g = torch.Generator().manual_seed(seed)
-    graphs = GraphedPrefill(lm, 2, chunk)
+    graphs = GraphedPrefill(lm, 2, chunk, capture=capture)
     _, start = prefill(lm, [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (7, 3)])
     before = [t.clone() for t in start.tensors()]
     for lengths in ((5, 5), (31, 31), (64, 64), (65, 65), (100, 37), (150, 150)):
@@ -117,14 +118,16 @@ def check_graphed_prefill(lm: RecurrentLM, vocab: int, *, tol=1e-3, seed=4, chun
             got, gstate = prefill(lm, rows, state, graph=graphs)
             what = f"graphed prefill of {lengths} tokens from the {name} state"
             _close(got, want, tol, what + ": logits")
-            for x, y in zip(gstate.tensors(), wstate.tensors()):
+            for x, y in zip(*gstate.paired(wstate)):  # by name: a forward may order its tensors otherwise
                 _close(x, y, tol, what + ": state")
     for x, y in zip(start.tensors(), before):
         assert torch.equal(x, y), "a graphed prefill changed the state it started from"
 
 
-def check_all(lm: RecurrentLM, vocab: int, tol=1e-4):
+def check_all(lm: RecurrentLM, vocab: int, tol=1e-4, pieces=True):
     check_split_points(lm, vocab, tol=tol)
     check_left_padding(lm, vocab, tol=tol)
     check_fork(lm, vocab, tol=tol)
     check_load_into_static_state(lm, vocab, tol=tol)
+    if pieces:  # the graphed prefill's piece logic, without graphs
+        check_graphed_prefill(lm, vocab, tol=tol, chunk=32, capture=False)
