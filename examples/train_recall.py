@@ -27,6 +27,11 @@ near the top), and ``--phase2-when-acc`` starts phase 2 once plain rows at the t
 (examples/recall_training/gpu_run5.sh; ``--phase2-acc-level`` also counts rows drawn just under level 1).
 ``--variant NAME=ARCH OPTIONS`` adds a named run with options of its own to an ``--arch`` list (e.g. a second Based
 with 6 layers), ``--init-range`` sets the init scale (examples/recall_training/gpu_run6.sh).
+``--question-first-lead separator`` starts question-first rows with the "\\n\\nQuestion:" the JRT prompt's second read
+starts with (no sequence-start cue), the ``distractor_jrt`` format (D', Q, C, Q: a JRT prompt whose first copy is an
+unrelated document of the same size, answer-only) can be weighed in ``--mix`` with its own ``--records`` range, and
+``--eval-modes`` adds the (Q, C, Q) and "\\n\\n" + (Q, C, Q) prompts to plain and JRT in the evaluation (a second
+table; the JRT target still compares plain and JRT): examples/recall_training/gpu_run7.sh.
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
 (``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
@@ -148,7 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="questions per plain row (the first as inference asks it, then follow-ups, each answered)")
     train.add_argument("--recall-weight", type=float, default=0.0,
                        help="weight of a loss on JRT rows' second document copy (needs jrt out of --answer-only)")
-    train.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in data_mod.DEFAULT_MIX.items()))
+    train.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in data_mod.DEFAULT_MIX.items()),
+                       help=f"weights of the row formats ({', '.join(data_mod.FORMATS)}); distractor_jrt rows must be "
+                            "answer-only")
+    train.add_argument("--question-first-lead", choices=data_mod.QUESTION_FIRST_LEADS, default="question",
+                       help="what question-first rows start with, in both phases: 'Question:' (question: the first "
+                            "token of the row, runs 1-6) or '\\n\\nQuestion:' (separator: as the JRT prompt's second "
+                            "read starts, so the row is the JRT prompt minus its first context copy)")
     train.add_argument("--attributes", default="1-3", help="attributes per record in training, a range (test: 3)")
     train.add_argument("--buckets", help="row lengths batches are padded to, comma-separated (default: "
                        f"{','.join(map(str, data_mod.BUCKETS))}); finer buckets pad less")
@@ -176,6 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "at level 1 (growth by half can stop just under 1; default 1)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-records", default="4,8,16,32,64", help="document sizes (records of 3 facts)")
+    ev.add_argument("--eval-modes", default="default,jrt",
+                    help="prompts to score, comma-separated: default (plain) and jrt (always; the JRT target compares "
+                         "them), question_first ((Q, C, Q)), question_first_sep ('\\n\\n' + (Q, C, Q))")
     ev.add_argument("--eval-documents", type=int, default=50, help="documents per size (4 questions each)")
     ev.add_argument("--eval-minutes", type=float, default=2.0, help="evaluation time budget")
     ev.add_argument("--eval-batch", type=int, default=32)
@@ -204,6 +218,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--phase2-when-acc {args.phase2_when_acc} must be an accuracy (0 to 1)")
     if args.phase2_acc_level is not None and not 0 < args.phase2_acc_level <= 1:
         p.error(f"--phase2-acc-level {args.phase2_acc_level} must be a curriculum level (above 0, at most 1)")
+    try:
+        args.eval_modes = ",".join(evaluation_modes(args.eval_modes))
+    except ValueError as e:
+        p.error(f"--eval-modes: {e}")
     if args.arch:  # a bad mixture fails here, not in five children
         try:
             for mixture in filter(None, mixtures(args)):
@@ -215,6 +233,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if name in arch_list(args.arch):
                 parse_args([*child_argv(argv), "--arch", arch, "--out", "x", *options])
     return args
+
+
+def evaluation_modes(text: str) -> tuple[str, ...]:
+    """--eval-modes -> the modes in evaluation.MODES order (ValueError for a bad list)."""
+    from recall_training.evaluation import check_modes
+
+    return check_modes(s.strip() for s in text.split(",") if s.strip())
 
 
 def variants(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -295,7 +320,8 @@ def mixtures(args) -> tuple[data_mod.MixtureConfig, data_mod.MixtureConfig | Non
                                    answer_only=parse_formats(args.answer_only),
                                    plain_questions=max(1, args.plain_questions),
                                    attributes=parse_range(args.attributes), tokens_per_batch=args.tokens_per_batch,
-                                   buckets=parse_buckets(args.buckets), sampling=args.record_sampling)
+                                   buckets=parse_buckets(args.buckets), sampling=args.record_sampling,
+                                   question_first_lead=args.question_first_lead)
     if args.phase2_from is None:
         return first, None
     if not 0 <= args.phase2_from <= 1:
@@ -438,13 +464,15 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
     from jrt_prompt.ops.backend import reference_ops
 
     results["eval_ops"] = args.eval_ops if arch in RECURRENT else "transformers"
+    modes = evaluation_modes(args.eval_modes)
+    results["eval_modes"] = list(modes)
     with reference_ops(True) if args.eval_ops == "reference" else contextlib.nullcontext():
         if arch in RECURRENT:
             answer = _engine_answerer(out, tokenizer, trainable, device, args.eval_batch, results, log)
         else:
             hf.eval()
-            answer = lambda ex, repeats, check: evaluation.hf_answers(  # noqa: E731
-                hf, tokenizer, ex, repeats, args.eval_batch, check)
+            answer = lambda ex, mode, check: evaluation.hf_answers(  # noqa: E731
+                hf, tokenizer, ex, mode, args.eval_batch, check)
 
         def on_size(table):
             results["accuracy"] = table
@@ -452,11 +480,11 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
 
         with torch.no_grad():
             results["accuracy"] = evaluation.evaluate_sizes(answer, sizes, args.eval_documents, deadline, log=log,
-                                                            on_size=on_size)
+                                                            on_size=on_size, modes=modes)
     results["status"] = "done"
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
-    print(report.summary_markdown([results]), flush=True)
+    print(report.summary_tables([results]), flush=True)
     return 0
 
 
@@ -477,9 +505,9 @@ def _engine_answerer(out, tokenizer, trainable, device, batch_size, results, log
         raise RuntimeError(f"the saved folder loads to a different model (max logit difference {diff:.3g})")
     use_graphs = [device.type == "cuda"]
 
-    def answer(examples, repeats, check):
+    def answer(examples, mode, check):
         try:
-            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, use_graphs[0], check)
+            return evaluation.engine_answers(loaded, tokenizer, examples, mode, batch_size, use_graphs[0], check)
         except evaluation.OutOfTime:
             raise
         except Exception as e:  # noqa: BLE001
@@ -488,7 +516,7 @@ def _engine_answerer(out, tokenizer, trainable, device, batch_size, results, log
             use_graphs[0] = False
             results["cuda_graphs_error"] = f"{type(e).__name__}: {e}"
             log(f"CUDA-graph decode failed ({type(e).__name__}: {e}); evaluating without graphs")
-            return evaluation.engine_answers(loaded, tokenizer, examples, repeats, batch_size, False, check)
+            return evaluation.engine_answers(loaded, tokenizer, examples, mode, batch_size, False, check)
 
     return answer
 

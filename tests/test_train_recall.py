@@ -57,7 +57,7 @@ def test_tokenizer_is_deterministic(tok):
 
 
 # --------------------------------------------------------------------------- training ids
-@pytest.mark.parametrize("fmt", data.FORMATS)
+@pytest.mark.parametrize("fmt", synthetic.FORMATS)
 def test_sample_ids_are_the_inference_ids(tok, fmt):
     enc = data.SampleEncoder(tok, check_every=1)
     doc = synthetic.documents(1, "train", records=3)[0]
@@ -72,6 +72,54 @@ def test_sample_ids_are_the_inference_ids(tok, fmt):
         jrt = JRTPrompt("generic", 2).encode(tok, doc.text, fact.question)
         assert jrt.ids[-len(prompt) + 2:] == prompt[2:] and len(prompt) < len(jrt.ids)
     assert tok.decode(sample.ids[sample.answer_start:sample.answer_start + 1]).strip() == fact.value
+
+
+def test_question_first_rows_can_start_as_the_jrt_prompts_second_read(tok):
+    """--question-first-lead separator: a question-first row is the JRT prompt's ids minus its first context copy,
+    token for token ("\\n\\nQuestion: ..."); the default lead keeps runs 1-6's rows ("Question: ..." first)."""
+    enc = data.SampleEncoder(tok, check_every=1)
+    doc = synthetic.documents(1, "train", records=3)[0]
+    fact = doc.asked[0]
+    jrt = JRTPrompt("generic", 2).encode(tok, doc.text, fact.question)
+    sep = enc.encode("question_first", doc, fact, lead="separator")
+    assert sep.ids[:sep.answer_start] == jrt.ids[jrt.context_tokens:]
+    assert tok.decode(sep.ids).startswith("\n\nQuestion: " + fact.question + "\n\n" + doc.text)
+    old = enc.encode("question_first", doc, fact)
+    assert sep.ids[2:] == old.ids and tok.decode(old.ids).startswith("Question:")  # two "\n" tokens in front
+    assert old.ids == data.SampleEncoder(tok).encode("question_first", doc, fact, lead="question").ids
+    with pytest.raises(ValueError, match="lead"):
+        enc.prompt_ids("question_first", doc.text, fact.question, lead="newline")
+
+
+def test_distractor_rows_are_a_jrt_prompt_whose_first_copy_is_another_document(tok):
+    """distractor_jrt (D', Q, C, Q): the JRT prompt's ids with D' (same size and attributes, other train-split names)
+    as its first copy; answer-only; D' shares no name with C while C has at most half the names."""
+    enc = data.SampleEncoder(tok, check_every=1)
+    rng = __import__("random").Random(0)
+    for records, attributes in ((3, 2), (20, 3), (300, 1)):
+        doc = synthetic.Generator("train", 5, records=records, attributes=attributes).document()
+        other = data.distractor_document(doc, rng)
+        names, others = data.entities(doc), data.entities(other)
+        assert (other.records, other.attributes) == (records, doc.attributes) and len(others) == records
+        assert set(others) <= set(synthetic.names("train")) and len(set(others)) == records
+        asked = {f.entity for f in doc.asked}
+        assert not set(others) & (set(names) if records <= 256 else asked)
+        assert {a for line in other.text.split("\n") for a in doc.attributes if f"{a.capitalize()}: " in line} == \
+            set(doc.attributes)
+        fact = doc.asked[0]
+        sample = enc.encode("distractor_jrt", doc, fact, answer_only=True, distractor=other)
+        jrt = JRTPrompt("generic", 2).encode(tok, doc.text, fact.question)
+        head = JRTPrompt("generic", 2).encode(tok, other.text, fact.question)
+        prompt = sample.ids[:sample.answer_start]
+        assert prompt == head.ids[:head.context_tokens] + jrt.ids[jrt.context_tokens:]
+        assert tok.decode(sample.ids) == (other.text + "\n\nQuestion: " + fact.question + "\n\n" + doc.text
+                                          + "\n\nQuestion: " + fact.question + "\nAnswer: " + fact.value + "\n"
+                                          + tok.eos_token)
+        assert sample.loss_start == sample.answer_start and sample.recall is None
+    with pytest.raises(ValueError, match="answer only"):
+        enc.encode("distractor_jrt", doc, fact, distractor=other)
+    with pytest.raises(ValueError, match="distractor"):
+        enc.encode("distractor_jrt", doc, fact, answer_only=True)
 
 
 def test_fast_tokenizer_matches_the_tokenizer(tok):
@@ -117,7 +165,55 @@ def test_batches_have_few_shapes_right_masks_and_train_names_only(tok):
             names = {line.split(".")[0][len("Name: "):] for line in lines}
             assert names and names <= train_names and not names & test_names
             attribute_counts |= {line.count(": ") - 1 for line in lines}
-    assert attribute_counts == {1, 2, 3} and formats == set(data.FORMATS)
+    assert attribute_counts == {1, 2, 3} and formats == set(synthetic.FORMATS)  # the default mix: no distractors
+
+
+def test_batches_of_the_new_row_kinds(tok):
+    """A mix with distractor_jrt rows (their own record range, answer-only, D' of train-split names) and
+    question-first rows that start with the separator; a distractor_jrt mix that is not answer-only is refused."""
+    records = {"plain": (1, 2), "jrt": (1, 2), "question_first": (3, 4), "distractor_jrt": (5, 6)}
+    config = data.MixtureConfig(mix={"question_first": 1, "distractor_jrt": 1}, records=records,
+                                tokens_per_batch=2048, question_first_lead="separator")
+    stream = data.BatchStream(data.SampleEncoder(tok, check_every=1), config, seed=3, level=lambda: 1.0)
+    train_names, test_names = set(synthetic.names("train")), set(synthetic.names("test"))
+    formats = set()
+    for _ in range(10):
+        b = stream.batch()
+        fmt = b.formats[0]
+        formats.add(fmt)
+        assert records[fmt][0] <= b.records[0] <= records[fmt][1] and not b.recall_mask.any()
+        for i in range(len(b.formats)):
+            n = b.lengths[i]
+            text = tok.decode(b.ids[i, :n])
+            value = int(b.value_pos[i]) + 1
+            assert b.lm_mask[i].nonzero().flatten().tolist() == [value - 1, value, value + 1]  # the answer only
+            lines = [line for line in text.split("\n") if line.startswith("Name: ")]
+            names = [line.split(".")[0][len("Name: "):] for line in lines]
+            assert set(names) <= train_names and not set(names) & test_names
+            if fmt == "question_first":
+                assert text.startswith("\n\nQuestion: ") and len(lines) == b.records[i]
+            else:  # D' first, then the question, then C: twice the records, no name in both
+                first, second = names[:b.records[i]], names[b.records[i]:]
+                assert len(first) == len(second) == b.records[i] and not set(first) & set(second)
+                asked = text.split("Question: ")[1].split("\n")[0]
+                assert text.count(asked) == 2 and any(asked.split("'s")[0][len("What is "):] == s for s in second)
+    assert formats == {"question_first", "distractor_jrt"}
+    with pytest.raises(ValueError, match="answer only"):
+        data.check_mixture(replace(config, answer_only=("question_first",)))
+    with pytest.raises(ValueError, match="lead"):
+        data.check_mixture(replace(config, question_first_lead="newline"))
+    args = train_recall.parse_args(["--arch", "mamba2", "--out", "x", "--mix", "plain=1,distractor_jrt=1",
+                                    "--records", "distractor_jrt=1-36", "--answer-only", "distractor_jrt",
+                                    "--question-first-lead", "separator", "--phase2-from", "0.5",
+                                    "--phase2-records", "distractor_jrt=8-48"])
+    first, second = train_recall.mixtures(args)
+    assert first.records["distractor_jrt"] == (1, 36) and second.records["distractor_jrt"] == (8, 48)
+    assert first.question_first_lead == second.question_first_lead == "separator"
+    assert train_recall.mixtures(train_recall.parse_args(["--arch", "gla", "--out", "x"]))[0].question_first_lead \
+        == "question"  # the default: runs 1-6's rows
+    for bad in (["--mix", "distractor_jrt=1", "--answer-only", "none"], ["--question-first-lead", "newline"]):
+        with pytest.raises(SystemExit):
+            train_recall.parse_args(["--arch", "mamba2", "--out", "x", *bad])
 
 
 def test_jrt_rows_can_still_supervise_the_second_copy(tok):
@@ -505,7 +601,8 @@ def test_cli_trains_saves_evaluates_and_exports_a_demo(tok_dir, tmp_path, capsys
     code = train_recall.main(["--arch", "based", "--out", str(out), "--tokenizer", str(tok_dir), "--minutes", "1",
                               "--max-steps", "3", "--d-model", "32", "--n-layer", "2", "--based-pattern", "wl",
                               "--window", "16", "--workers", "0", "--tokens-per-batch", "512", "--warmup", "2",
-                              "--eval-records", "1,2", "--eval-documents", "2", "--device", "cpu"])
+                              "--eval-records", "1,2", "--eval-documents", "2", "--device", "cpu",
+                              "--eval-modes", "default,jrt,question_first,question_first_sep"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "done" and res["arch"] == "based" and res["training"]["steps"] == 3
@@ -515,7 +612,10 @@ def test_cli_trains_saves_evaluates_and_exports_a_demo(tok_dir, tmp_path, capsys
     assert set(res["accuracy"]) == {"1", "2"}
     for records, row in res["accuracy"].items():
         assert row["examples"] == 2 * min(4, 3 * int(records)) and 0 <= row["default"] <= 1 and 0 <= row["jrt"] <= 1
-    assert "| based d32 |" in capsys.readouterr().out
+        assert 0 <= row["question_first"] <= 1 and 0 <= row["question_first_sep"] <= 1
+    assert res["eval_modes"] == ["default", "jrt", "question_first", "question_first_sep"]
+    printed = capsys.readouterr().out
+    assert "| based d32 |" in printed and "Accuracy (%) by prompt, plain / JRT / (Q, C, Q)" in printed
 
     demo = tmp_path / "demo"
     assert train_recall.main(["--export-demo", str(out), "--demo-dest", str(demo)]) == 0
@@ -561,6 +661,31 @@ def test_summary_table_and_targets(tmp_path):
     table = out.read_text()
     assert table.index("| based") < table.index("| mamba") < table.index("| gla")
     assert "| 90 / 95 | 30 / 60 |" in table and "met at 32 records" in table
+    assert "Accuracy (%) by prompt" not in table  # plain and JRT only: one table, as before
+
+
+def test_summary_shows_the_other_prompts_and_distractor_rows_apart():
+    """Runs scored with --eval-modes get a second table (plain / JRT / (Q, C, Q) / sep + (Q, C, Q) per size); the JRT
+    target still compares plain and JRT only. The phase-2 digest adds distractor-JRT where a run has such rows."""
+    acc = {"8": {"default": 0.37, "jrt": 0.36, "question_first": 0.68, "question_first_sep": 0.12},
+           "24": {"default": 0.17, "jrt": 0.18, "question_first": 0.45, "question_first_sep": 0.06}}
+    history = [{"step": 9, "phase": 2, "value_acc_by_records": {
+        "plain": {"9-16": [0.3, 10]}, "question_first": {"9-16": [0.6, 10]}, "distractor_jrt": {"9-16": [0.5, 4]}}}]
+    mamba2 = {"arch": "mamba2", "size": {"d_model": 128}, "training": {"steps": 9, "seconds": 60, "phase2_step": 5,
+                                                                       "history": history}, "accuracy": acc}
+    gla = {"arch": "gla", "name": "gla-seed1", "size": {"d_model": 128}, "training": {"steps": 9, "seconds": 60},
+           "accuracy": {"8": {"default": 0.28, "jrt": 0.6}}}
+    assert report.target_check(mamba2).startswith("not met: largest gain where plain < 50% is +1 points at 24")
+    text = report.summary_with_digest([gla, mamba2])
+    main, prompts = text.split("Accuracy (%) by prompt")[0], text.split("Accuracy (%) by prompt")[1]
+    assert "| mamba2 d128 | 0.00M | - | 37 / 36 | 17 / 18 |" in main
+    assert prompts.startswith(", plain / JRT / (Q, C, Q) / sep + (Q, C, Q)")
+    assert "| mamba2 d128 | 37 / 36 / 68 / 12 | 17 / 18 / 45 / 6 |" in prompts and "gla-seed1) | 28" not in prompts
+    assert "plain / JRT / question-first / distractor-JRT (train-split" in text
+    assert "| mamba2 d128 | 5 | 9 | 30 / - / 60 / 50 |" in text
+    old = report.phase2_digest([{**mamba2, "training": {**mamba2["training"], "history": [
+        {"step": 9, "phase": 2, "value_acc_by_records": {"plain": {"9-16": [0.3, 10]}}}]}}])
+    assert "plain / JRT / question-first (train-split" in old and "| 30 / - / - |" in old  # runs 1-6: as before
 
 
 def test_launcher_passes_options_through_to_children():
@@ -634,12 +759,12 @@ def test_evaluation_scores_like_jrt_eval(tok):
 def test_evaluation_records_errors_and_keeps_to_its_deadline():
     calls = []
 
-    def answer(examples, repeats, check):
-        calls.append(repeats)
+    def answer(examples, mode, check):
+        calls.append(mode)
         if len(calls) == 1:
             raise RuntimeError("boom")
         check()
-        return [f" {ex.answers[0]}" if repeats == 2 else "?" for ex in examples]
+        return [f" {ex.answers[0]}" if mode == "jrt" else "?" for ex in examples]
 
     quiet = lambda msg: None  # noqa: E731
     table = evaluation.evaluate_sizes(answer, [1, 2], 1, deadline=time.time() + 60, log=quiet)
@@ -648,14 +773,56 @@ def test_evaluation_records_errors_and_keeps_to_its_deadline():
     assert evaluation.evaluate_sizes(answer, [1], 1, deadline=time.time() - 1, log=quiet) == {}
     table = evaluation.evaluate_sizes(answer, [1, 2], 1, deadline=time.time() + 60, log=quiet, overrun_s=-120)
     assert list(table) == ["1"] and table["1"]["error"].startswith("OutOfTime")
+    calls.clear()
+    modes = ("question_first_sep", "jrt", "default", "question_first")  # scored in MODES order
+    table = evaluation.evaluate_sizes(answer, [1, 2], 1, deadline=time.time() + 60, log=quiet, modes=modes)
+    assert calls[-4:] == ["default", "jrt", "question_first", "question_first_sep"]  # size 1 failed (boom)
+    assert list(table["2"]) == ["examples", "default", "jrt", "question_first", "question_first_sep", "seconds"]
+    for bad in (("default",), ("default", "jrt", "twice")):
+        with pytest.raises(ValueError, match="modes"):
+            evaluation.evaluate_sizes(answer, [1], 1, deadline=time.time() + 60, log=quiet, modes=bad)
+
+
+def test_evaluation_prompts_are_the_training_rows_and_answer_like_the_engine(tok):
+    """--eval-modes: (Q, C, Q) and "\\n\\n" + (Q, C, Q) feed exactly a question-first training row's prompt ids
+    (default and separator leads); their answers come from the engine as jrt-eval's own path would give them (checked
+    on the plain and JRT prompts, which both paths can build)."""
+    from jrt_prompt.engine import Engine
+
+    examples = evaluation.test_examples(records=2, documents=2)
+    enc = data.SampleEncoder(tok)
+    ex = examples[0]
+    jrt = JRTPrompt("generic", 2).encode(tok, ex.context, ex.question)
+    assert evaluation.prompt_ids(tok, ex, "jrt") == jrt.ids
+    assert evaluation.prompt_ids(tok, ex, "default") == JRTPrompt("generic", 1).encode(tok, ex.context, ex.question).ids
+    assert evaluation.prompt_ids(tok, ex, "question_first_sep") == jrt.ids[jrt.context_tokens:]
+    assert evaluation.prompt_ids(tok, ex, "question_first") == enc.prompt_ids(
+        "question_first", ex.context, ex.question)[0] == jrt.ids[jrt.context_tokens + 2:]
+    hf = models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0)
+    lm = models.make_trainable("gla", hf).lm.eval()
+    with torch.no_grad():
+        for mode in ("default", "jrt"):
+            engine = Engine(lm, tok, JRTPrompt("generic", evaluation.REPEATS[mode]), cuda_graphs=False)
+            assert evaluation.ids_answers(engine, examples, mode, 3) == evaluation.engine_answers(
+                lm, tok, examples, mode, 3, cuda_graphs=False)
+        for mode in ("question_first", "question_first_sep"):
+            answers = evaluation.engine_answers(lm, tok, examples, mode, 3, cuda_graphs=False)
+            assert len(answers) == len(examples) and all("\n" not in a for a in answers)
+    args = train_recall.parse_args(["--arch", "gla", "--out", "x", "--eval-modes",
+                                    "question_first_sep,default,jrt,question_first"])
+    assert args.eval_modes == "default,jrt,question_first,question_first_sep"
+    assert train_recall.parse_args(["--arch", "gla", "--out", "x"]).eval_modes == "default,jrt"
+    for bad in ("default", "default,jrt,qcq"):
+        with pytest.raises(SystemExit):
+            train_recall.parse_args(["--arch", "gla", "--out", "x", "--eval-modes", bad])
 
 
 def test_attention_baseline_answers_the_same_prompts(tok):
     """The Llama baseline is scored on the same prompt ids through generate: one line per example."""
     hf = models.build_hf_model("llama", TINY, len(tok), tok.eos_token_id, seed=0).eval()
     examples = evaluation.test_examples(records=2, documents=1)[:3]
-    for repeats in (1, 2):
-        answers = evaluation.hf_answers(hf, tok, examples, repeats, batch_size=2)
+    for mode in evaluation.MODES:
+        answers = evaluation.hf_answers(hf, tok, examples, mode, batch_size=2)
         assert len(answers) == 3 and all(isinstance(a, str) and "\n" not in a for a in answers)
 
 

@@ -6,18 +6,26 @@ Formats (jrt_prompt.eval.synthetic, train split only, so no test fact is ever se
   is predictable from the first read (the next-token loss covers all tokens), which is how associative recall
   is usually trained (every key asked), while the final answer needs only the fact the question asks for;
 - question_first (Q, C, Q, A): the question before the document, as web text often has it (a heading, a FAQ), so
-  keeping what a question asks for while reading is something the model has seen.
+  keeping what a question asks for while reading is something the model has seen. By default it starts with
+  "Question:" (the sequence's first token); with ``MixtureConfig.question_first_lead`` "separator" it starts with
+  the "\\n\\nQuestion:" that the JRT prompt's second read starts with (the JRT prompt's ids minus its first context
+  copy, token for token), so no row carries a sequence-start cue that the JRT prompt lacks;
+- distractor_jrt (D', Q, C, Q, A): the JRT prompt with an unrelated document D' of the same size (the same record
+  count and attributes, train-split names none of which is in C while C has at most half the names) as its first
+  copy: the question is read after a full state, as in a JRT prompt, but only keeping what it asks for while
+  reading C answers it (nothing in the first copy does). Always supervised on the answer only.
 
 Token ids are exactly those of inference: ``JRTPrompt("generic", 1 or 2).encode`` (per-part tokenisation), then the
-completion " value\\n" and EOS; question_first is the JRT prompt without its first context copy ("Question:" has
-no leading blank line). ``FastTokenizer`` only memoises the tokeniser's answers for short strings and calls the
+completion " value\\n" and EOS; question_first is the JRT prompt without its first context copy (and, with the
+default lead, without the blank line before "Question:"); distractor_jrt is the JRT prompt with its first copy's
+ids replaced by those of D'. ``FastTokenizer`` only memoises the tokeniser's answers for short strings and calls the
 Rust tokenizer directly; every ``check_every``-th sample is re-encoded with the real tokenizer and compared.
 
-Loss masks: rows of the formats in ``MixtureConfig.answer_only`` (default: jrt and question_first) are supervised on
-their completion only (the answer after the final question), so nothing rewards copying the document a second time;
-the other rows (plain) on every token. Each format draws its documents' record counts from its own range
-(``MixtureConfig.records``), so the rows that read the document after the question can be longer than the state can
-hold: then only keeping the asked-for fact on the second read answers them.
+Loss masks: rows of the formats in ``MixtureConfig.answer_only`` (default: jrt, question_first and distractor_jrt)
+are supervised on their completion only (the answer after the final question), so nothing rewards copying the
+document a second time; the other rows (plain) on every token. Each format draws its documents' record counts from
+its own range (``MixtureConfig.records``), so the rows that read the document after the question can be longer than
+the state can hold: then only keeping the asked-for fact on the second read answers them.
 
 Rows are right-padded (a causal model's outputs at real tokens do not depend on what follows, so the loss is that of
 the unpadded rows) to one of a few bucket lengths (fla autotunes per length). A batch is one format and one record
@@ -40,10 +48,12 @@ import torch
 from jrt_prompt.eval import synthetic
 from jrt_prompt.prompt import JRTPrompt, piece_ids
 
-FORMATS = synthetic.FORMATS  # plain, jrt, question_first
+FORMATS = synthetic.FORMATS + ("distractor_jrt",)  # plain, jrt, question_first (the suite's), distractor_jrt
 DEFAULT_MIX = {"plain": 0.4, "jrt": 0.3, "question_first": 0.3}
-DEFAULT_RECORDS = {"plain": (1, 32), "jrt": (4, 64), "question_first": (4, 64)}
-ANSWER_ONLY = ("jrt", "question_first")
+DEFAULT_RECORDS = {"plain": (1, 32), "jrt": (4, 64), "question_first": (4, 64), "distractor_jrt": (4, 64)}
+ANSWER_ONLY = ("jrt", "question_first", "distractor_jrt")
+ALWAYS_ANSWER_ONLY = ("distractor_jrt",)  # its first copy predicts nothing of the rest: no full-loss rows
+QUESTION_FIRST_LEADS = ("question", "separator")  # a question-first row's start: "Question:" or "\n\nQuestion:"
 BUCKETS = (64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
@@ -100,21 +110,33 @@ class SampleEncoder:
         self.first_question = piece_ids(tokenizer, "\n\nQuestion:")
         self.check_every, self._count = check_every, 0
 
-    def prompt_ids(self, fmt: str, context: str, question: str, tokenizer=None) -> tuple[list[int], int]:
-        """The prompt's ids and how many tokens one copy of the context takes."""
+    def prompt_ids(self, fmt: str, context: str, question: str, tokenizer=None, *, lead: str = "question",
+                   distractor: str | None = None) -> tuple[list[int], int]:
+        """The prompt's ids and how many tokens one copy of the context takes. ``lead``: what a question-first
+        prompt starts with ("question": "Question:", the training rows of runs 1-6; "separator": "\\n\\nQuestion:",
+        as the JRT prompt's second read does); ``distractor``: the text of D' (distractor_jrt only)."""
         tok = tokenizer or self.fast
         if fmt == "plain":
             enc = self.prompts[1].encode(tok, context, question)
             return enc.ids, enc.context_tokens
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if lead not in QUESTION_FIRST_LEADS:
+            raise ValueError(f"a question-first lead must be one of {QUESTION_FIRST_LEADS}, got {lead!r}")
         enc = self.prompts[2].encode(tok, context, question)
         if fmt == "jrt":
             return enc.ids, enc.context_tokens
+        rest = enc.ids[enc.context_tokens:]
+        if rest[:len(self.first_question)] != self.first_question:
+            raise RuntimeError("the JRT prompt does not continue its first context with '\\n\\nQuestion:'")
         if fmt == "question_first":
-            rest = enc.ids[enc.context_tokens:]
-            if rest[:len(self.first_question)] != self.first_question:
-                raise RuntimeError("the JRT prompt does not continue its first context with '\\n\\nQuestion:'")
+            if lead == "separator":
+                return rest, enc.context_tokens
             return self.question_head + rest[len(self.first_question):], enc.context_tokens
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if distractor is None:
+            raise ValueError("a distractor_jrt prompt needs the distractor document's text")
+        other = self.prompts[2].encode(tok, distractor, question)
+        return other.ids[:other.context_tokens] + rest, enc.context_tokens
 
     def completion_ids(self, value: str) -> list[int]:
         return self.fast(f" {value}\n")["input_ids"] + [self.eos]
@@ -124,13 +146,19 @@ class SampleEncoder:
         return self.fast(f"\nQuestion: {question}\nAnswer:")["input_ids"]
 
     def encode(self, fmt: str, doc: synthetic.Document, fact: synthetic.Fact, answer_only: bool = False,
-               more: tuple[synthetic.Fact, ...] = ()) -> Sample:
+               more: tuple[synthetic.Fact, ...] = (), *, lead: str = "question",
+               distractor: synthetic.Document | None = None) -> Sample:
         """One row; ``more`` (plain rows only) adds follow-up questions about the same document, each answered:
-        denser recall supervision, the first question still exactly as inference asks it."""
-        prompt, n_context = self.prompt_ids(fmt, doc.text, fact.question)
+        denser recall supervision, the first question still exactly as inference asks it. ``lead``: see
+        ``prompt_ids``; ``distractor``: D' of a distractor_jrt row (answer-only)."""
+        if fmt in ALWAYS_ANSWER_ONLY and not answer_only:
+            raise ValueError(f"{fmt} rows are supervised on their answer only")
+        other = distractor.text if distractor is not None else None
+        prompt, n_context = self.prompt_ids(fmt, doc.text, fact.question, lead=lead, distractor=other)
         self._count += 1
         if self.check_every and self._count % self.check_every == 1:
-            exact, _ = self.prompt_ids(fmt, doc.text, fact.question, tokenizer=self.tokenizer)
+            exact, _ = self.prompt_ids(fmt, doc.text, fact.question, tokenizer=self.tokenizer, lead=lead,
+                                       distractor=other)
             if exact != prompt:
                 raise RuntimeError(f"memoised tokenisation differs from the tokenizer's for a {fmt} prompt")
         recall = second_copy(prompt, n_context) if fmt == "jrt" and not answer_only else None
@@ -144,6 +172,27 @@ class SampleEncoder:
             ids += self.completion_ids(extra.value)[:-1]
         return Sample(ids + [self.eos], len(prompt), fmt, doc.records, recall, len(prompt) if answer_only else 0,
                       tuple(values))
+
+
+def entities(doc: synthetic.Document) -> list[str]:
+    """The names of a document's records, in order."""
+    return [line.split(".")[0][len("Name: "):] for line in doc.text.split("\n") if line.startswith("Name: ")]
+
+
+def distractor_document(doc: synthetic.Document, rng: random.Random, split: str = "train") -> synthetic.Document:
+    """D' for a distractor_jrt row: as many records as ``doc`` with the same attributes, values drawn anew, names
+    from ``split`` none of which is in ``doc`` (when ``doc`` has at most half the split's names; beyond that, none
+    of the names it is asked about). No questions of its own."""
+    pool = synthetic.names(split)
+    taken = set(entities(doc))
+    if len(pool) - len(taken) < doc.records:
+        taken = {fact.entity for fact in doc.asked}
+    if len(pool) - len(taken) < doc.records:  # a document of (nearly) every name: any names
+        taken = set()
+    chosen = rng.sample([name for name in pool if name not in taken], doc.records)
+    text = "\n".join(synthetic.record_line(name, {a: rng.choice(synthetic.ATTRIBUTES[a]) for a in doc.attributes})
+                     for name in chosen)
+    return synthetic.Document(text, (), doc.records, doc.attributes)
 
 
 def second_copy(ids: list[int], n_context: int) -> tuple[int, int]:
@@ -226,6 +275,9 @@ class MixtureConfig:
     # record counts under the level's top: "uniform" in [lo, top], or "top-half" (the first GPU run's): half the
     # batches from [top // 2, top], half from [lo, top]
     sampling: str = "uniform"
+    # what question-first rows start with: "question" ("Question:", runs 1-6) or "separator" ("\n\nQuestion:", as the
+    # JRT prompt's second read does: no sequence-start cue)
+    question_first_lead: str = "question"
 
 
 SAMPLINGS = ("uniform", "top-half")
@@ -238,6 +290,12 @@ def check_mixture(config: MixtureConfig) -> None:
         raise ValueError(f"the mix must weigh some of {FORMATS} with non-negative weights, got {config.mix}")
     if config.sampling not in SAMPLINGS:
         raise ValueError(f"record sampling must be one of {SAMPLINGS}, got {config.sampling!r}")
+    if config.question_first_lead not in QUESTION_FIRST_LEADS:
+        raise ValueError(f"the question-first lead must be one of {QUESTION_FIRST_LEADS}, "
+                         f"got {config.question_first_lead!r}")
+    for fmt in ALWAYS_ANSWER_ONLY:
+        if config.mix.get(fmt, 0) > 0 and fmt not in config.answer_only:
+            raise ValueError(f"{fmt} rows are supervised on their answer only: name {fmt} in the answer-only formats")
     lo, hi = config.attributes
     if not 1 <= lo <= hi <= len(synthetic.ATTRIBUTES):
         raise ValueError(f"attributes must be a range within 1..{len(synthetic.ATTRIBUTES)}, got {config.attributes}")
@@ -252,8 +310,9 @@ class BatchStream:
     one record count drawn from that format's range in ``config.records`` with its top capped by
     ``level() / max level`` of the range (the curriculum; ``level`` returns a fraction in (0, 1]; uniformly, or as
     ``config.sampling`` says; the batch records the level and top it was drawn at), and a number of
-    attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row.
-    With ``phase2``, batches come from that mixture while ``phase()`` returns 1 (the level applies to both)."""
+    attributes per record drawn from ``config.attributes``; up to 4 questions per document, each its own row (a
+    distractor_jrt document's rows share one D', drawn from a random stream of their own). With ``phase2``,
+    batches come from that mixture while ``phase()`` returns 1 (the level applies to both)."""
 
     def __init__(self, encoder: SampleEncoder, config: MixtureConfig, seed: int, level: Callable[[], float],
                  phase2: MixtureConfig | None = None, phase: Callable[[], int] | None = None):
@@ -263,6 +322,7 @@ class BatchStream:
         self.configs = (config, phase2 or config)
         self.phase = phase or (lambda: 0)
         self.rng = random.Random(f"recall-training:{seed}")
+        self.distractor_rng = random.Random(f"recall-training-distractor:{seed}")  # its own: the other draws stay
         self.seed = seed
         self._generators: dict[tuple[int, int], synthetic.Generator] = {}
 
@@ -305,12 +365,14 @@ class BatchStream:
         rows = None
         while rows is None or len(samples) < rows:
             doc = self._generator(n, attributes).document()
+            other = distractor_document(doc, self.distractor_rng) if fmt == "distractor_jrt" else None
             # a few questions per document, each its own row (a fresh state, as at inference)
             asked = doc.asked[:4 * config.plain_questions] if fmt == "plain" else doc.asked[:4]
             per_row = config.plain_questions if fmt == "plain" else 1
             for at in range(0, len(asked), per_row):
                 group = asked[at:at + per_row]
-                samples.append(self.encoder.encode(fmt, doc, group[0], answer_only, tuple(group[1:])))
+                samples.append(self.encoder.encode(fmt, doc, group[0], answer_only, tuple(group[1:]),
+                                                   lead=config.question_first_lead, distractor=other))
                 if rows is None:
                     length = bucket(len(samples[0].ids), config.buckets)
                     rows = max(1, min(config.max_batch, config.tokens_per_batch // length))

@@ -1,5 +1,4 @@
-# The launch and packing shared by gpu_run4.sh, gpu_run5.sh and gpu_run6.sh, sourced by them after they set their
-# recipe:
+# The launch and packing shared by gpu_run4.sh to gpu_run7.sh, sourced by them after they set their recipe:
 #   . examples/recall_training/gpu_launch.sh NAME RECIPE-OPTIONS...
 # Trains ARCH (all, one, or a comma-separated list, which may name --variant runs of the recipe) with the recipe into
 # $OUT/NAME, writes $OUT/NAME/RESULTS.md, then leaves at most five files: $OUT/RESULTS.md, $OUT/NAME.log (the

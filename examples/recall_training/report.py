@@ -112,6 +112,38 @@ def summary_markdown(results: list[dict]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+# evaluation.MODES beyond plain and JRT, in its order, with their column labels
+EXTRA_MODES = {"question_first": "(Q, C, Q)", "question_first_sep": "sep + (Q, C, Q)"}
+
+
+def prompts_markdown(results: list[dict]) -> str:
+    """For runs evaluated with more prompts than plain and JRT (train_recall.py's --eval-modes): every prompt's
+    accuracy per size, plain / JRT / the others. Empty when no run has them."""
+    extra = [m for m in EXTRA_MODES if any(m in row for res in results for row in (res.get("accuracy") or {}).values())]
+    if not extra:
+        return ""
+    runs = [res for res in in_arch_order(results)
+            if any(m in row for m in extra for row in (res.get("accuracy") or {}).values())]
+    sizes = sorted({int(r) for res in runs for r in (res.get("accuracy") or {})})
+    labels = ["plain", "JRT"] + [EXTRA_MODES[m] for m in extra]
+    head = ["model"] + [f"{s} rec." for s in sizes]
+    lines = [f"Accuracy (%) by prompt, {' / '.join(labels)} (the same test questions; (Q, C, Q): \"Question\" is "
+             "the first token; sep + (Q, C, Q): \"\\n\\n\" + (Q, C, Q), the JRT prompt without its first context "
+             "copy):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in runs:
+        acc = res.get("accuracy") or {}
+        cells = [" / ".join(_pct((acc.get(str(s)) or {}).get(m)) for m in ("default", "jrt", *extra)) for s in sizes]
+        lines.append("| " + " | ".join([model_label(res), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_tables(results: list[dict]) -> str:
+    """The table, then the prompts table where a run has more prompts than plain and JRT."""
+    prompts = prompts_markdown(results)
+    return summary_markdown(results) + ("\n" + prompts if prompts else "")
+
+
 SIZE_BINS = (1, 4, 8, 16, 32, 64)
 
 
@@ -128,6 +160,10 @@ def size_bin(records: int) -> str:
 def bin_start(name: str) -> int:
     """The first record count of a ``size_bin`` name."""
     return int(name.split("-")[0].rstrip("+"))
+
+
+DIGEST_FORMATS = {"plain": "plain", "jrt": "JRT", "question_first": "question-first",
+                  "distractor_jrt": "distractor-JRT"}  # the last only where a run has such rows
 
 
 def phase2_digest(results: list[dict]) -> str:
@@ -154,25 +190,28 @@ def phase2_digest(results: list[dict]) -> str:
     if not rows:
         return ""
     order = sorted(bins, key=bin_start)
+    seen = {f for *_, hits in rows for got in hits.values() for f in got}
+    formats = [f for f in DIGEST_FORMATS if f in ("plain", "jrt", "question_first") or f in seen]
     head = ["model", "phase 2 from step", "averaged from step"] + [f"{b} rec." for b in order]
-    lines = ["Training value accuracy (%) in the second half of phase 2 by record count, plain / JRT / "
-             "question-first (train-split names, first answer token; - where no row of that kind):", "",
+    lines = ["Training value accuracy (%) in the second half of phase 2 by record count, "
+             f"{' / '.join(DIGEST_FORMATS[f] for f in formats)} (train-split names, first answer token; - where no "
+             "row of that kind):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res, start, since, hits in rows:
         cells = []
         for b in order:
             got = hits.get(b, {})
             cells.append(" / ".join(_pct(got[f][0] / got[f][1]) if got.get(f, [0, 0])[1] else "-"
-                                    for f in ("plain", "jrt", "question_first")))
+                                    for f in formats))
         name = model_label(res)
         lines.append("| " + " | ".join([name, str(start), str(since), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def summary_with_digest(results: list[dict]) -> str:
-    """The table, then the phase-2 digest where a run has one."""
+    """The tables (``summary_tables``), then the phase-2 digest where a run has one."""
     digest = phase2_digest(results)
-    return summary_markdown(results) + ("\n" + digest if digest else "")
+    return summary_tables(results) + ("\n" + digest if digest else "")
 
 
 def weight_files(folder: Path) -> list[Path]:
