@@ -99,6 +99,7 @@ class Engine:
         self.budget = budget if budget is not None else model.config.max_length
         self.trim = trim  # None: a prompt over budget is an error; "head"/"tail"/"window": cut the context
         self.chunk_size = chunk_size
+        self.cuda_graphs, self.graph_prefill, self.compile = cuda_graphs, graph_prefill, compile
         # decode steps on CUDA replay a captured graph per batch size (cuda_graphs=False: plain steps); with
         # graph_prefill, prompts too, in pieces of chunk_size tokens: a capture per piece length on first use,
         # which pays off when many prompts are read (serving, benchmarks), not for one question

@@ -110,7 +110,8 @@ class JRTQuestionAnsweringPipeline(Pipeline):
             engine = wrap(self.model, self.tokenizer)
         elif self.model.device != device_before or self.tokenizer is not engine.tokenizer:
             engine = Engine(engine.model, self.tokenizer, engine.prompt, budget=engine.budget, trim=engine.trim,
-                            chunk_size=engine.chunk_size)  # an Engine's CUDA graphs belong to its old device
+                            chunk_size=engine.chunk_size, cuda_graphs=engine.cuda_graphs,
+                            graph_prefill=engine.graph_prefill, compile=engine.compile)  # graphs are per device
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._encoders: dict[tuple, Engine] = {}

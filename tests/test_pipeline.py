@@ -193,10 +193,11 @@ def test_generation_arguments(qa, folder):
 
 @pytest.mark.gpu
 def test_engine_moves_to_the_pipeline_device(folder):
-    engine = jrt_prompt.load(folder)  # on the CPU
+    engine = jrt_prompt.load(folder, graph_prefill=True)  # on the CPU
     qa = pipeline(TASK, model=engine, device=0)
     assert qa.model.device.type == "cuda" and qa.engine.model.device.type == "cuda"
-    assert qa.engine is not engine  # rebuilt for the new device (CUDA graphs of its own)
+    assert qa.engine is not engine  # rebuilt for the new device (CUDA graphs of its own), with its options
+    assert qa.engine.graph_prefill and qa.engine._graphs.prefill(1) is not None
     on_cuda = jrt_prompt.load(folder, device="cuda")
     want = on_cuda.generate([i["context"] for i in ITEMS], [i["question"] for i in ITEMS], max_new_tokens=NEW,
                             stop="\n")
