@@ -14,6 +14,6 @@ t 90 tests/test_based.py
 t 40 tests/test_ops_conv_triton.py tests/test_ops_norm_linear_triton.py
 t 60 tests/test_pipeline.py
 t 200 tests/test_gla_gpu.py -k "prefill_replays"
-timeout 130 python3 -m jrt_prompt.bench e2e --models mamba2-370m --contexts 2048 --batches 1,16,64 --no-hf \
+timeout 200 python3 -m jrt_prompt.bench e2e --models mamba2-370m --contexts 2048,32768 --batches 1,16,64 --no-hf \
   --json $OUT/e2e.json >> $L 2>&1
 mv $L $OUT/log.txt; ls $OUT
