@@ -90,11 +90,12 @@ class GraphedPrefill:
     """Prefills of one batch size replayed from CUDA graphs, one per piece length (``prefill_lengths``).
 
     A prefill of a 48-layer model launches hundreds of kernels per piece; from Python that costs more than
-    running them (Mamba-2 370M, 2048 tokens: 79 ms eager for 24 ms of kernels, H100). Every graph reads and
-    updates one static state in place and reads static ids and a left-padding mask, so the pieces of one
-    prompt chain without copies. Graphs share one memory pool and are captured on first use of a length
-    (a few forwards each: the first prompt of a new length pays that once). ``capture=False`` runs the same
-    pieces on the same buffers without graphs (any device: how CPU tests check the piece logic)."""
+    running them (Mamba-2 370M, 2048 tokens: 49 ms eager, 9.6 ms replayed, for 6.9 ms of kernels; H200).
+    Every graph reads and updates one static state in place and reads static ids and a left-padding mask, so
+    the pieces of one prompt chain without copies. The graphs of one batch size share a memory pool and are
+    captured on first use of a length (a few forwards each: the first prompt of a new length pays that once).
+    ``capture=False`` runs the same pieces on the same buffers without graphs (any device: how CPU tests check
+    the piece logic)."""
 
     def __init__(self, model: RecurrentLM, batch_size: int, chunk_size: int, warmup: int = 2, *,
                  capture: bool = True):
