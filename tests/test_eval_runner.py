@@ -192,3 +192,21 @@ def test_jrt_eval_command_usage_errors_are_one_line():
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--batch-size" in lines[0] and "jrt-eval --help" in lines[0]
+
+
+def test_jrt_eval_graph_prefill_reaches_the_loader(engine, monkeypatch):
+    """--graph-prefill is passed to the loader (CUDA graphs for prompts; on the CPU the engine has none)."""
+    seen = []
+    monkeypatch.setattr(cli, "load_engine", lambda *a: seen.append(a) or engine)
+    for flag, want in ((["--graph-prefill"], True), ([], False)):
+        r = _run("--model", "toy", "--tasks", "synthetic", "--limit", "2", "--synthetic-documents", "1",
+                 "--synthetic-records", "2", "--max-new-tokens", "2", "--no-progress", *flag)
+        assert r.exit_code == 0, r.output
+        assert seen[-1][-1] is want
+
+
+def test_mode_engines_share_the_model_and_graphs(engine):
+    """Each task and mode gets the engine with its prompt, sharing the model, tokenizer and graph cache."""
+    e = runner.mode_engine(engine, "generic", "jrt")
+    assert e.model is engine.model and e.tokenizer is engine.tokenizer and e._graphs is engine._graphs
+    assert e.prompt.repeats == 2 and engine.prompt is not e.prompt and e.trim == (engine.trim or "head")

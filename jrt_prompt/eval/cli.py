@@ -25,11 +25,11 @@ from .tasks import SyntheticOptions, TaskData, get_task, load_task
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
-def load_engine(model: str, tokenizer: str | None, device: str | None, dtype: str | None):
+def load_engine(model: str, tokenizer: str | None, device: str | None, dtype: str | None, graph_prefill: bool = False):
     """The engine for --model (a seam for tests: they swap in a tiny in-memory model)."""
     from ..loading import load
 
-    return load(model, tokenizer=tokenizer, device=device, dtype=dtype)
+    return load(model, tokenizer=tokenizer, device=device, dtype=dtype, graph_prefill=graph_prefill)
 
 
 def parse_data(items: list[str]) -> dict[str, str]:
@@ -86,6 +86,8 @@ def main(
     synthetic_questions: int = typer.Option(4, "--synthetic-questions", min=1, help="questions per document"),
     seed: int | None = typer.Option(None, "--seed", help="synthetic test seed (default: the suite's fixed one)"),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    graph_prefill: bool = typer.Option(False, "--graph-prefill",
+                                       help="CUDA: read prompts through CUDA graphs (one capture per piece length)"),
 ):
     """Score MODEL on recall tasks with the plain and the JRT prompt; print both and the gap."""
     err = Console(stderr=True)
@@ -96,7 +98,7 @@ def main(
             raise JRTError("no tasks given: use --tasks swde,fda,synthetic")
         sources = parse_data(data)
         options = SyntheticOptions(synthetic_documents, synthetic_records, synthetic_attributes, synthetic_questions, seed)
-        engine = load_engine(model, tokenizer, device, dtype)
+        engine = load_engine(model, tokenizer, device, dtype, graph_prefill)
         loaded: list[TaskData] = [load_task(n, engine.tokenizer, source=sources.get(n), limit=limit,
                                             window=not no_window, synthetic_options=options) for n in names]
         for d in loaded:

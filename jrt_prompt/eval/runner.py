@@ -10,6 +10,7 @@ each prompt is read whole.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -106,10 +107,12 @@ class EvalResult:
 
 
 def mode_engine(engine: Engine, template: str, mode: str) -> Engine:
-    """An engine over the same model and tokenizer with the task's prompt in this mode. A prompt over the
-    model's budget is trimmed (the engine's own policy, else the context's head) and the cut is recorded."""
-    return Engine(engine.model, engine.tokenizer, JRTPrompt(template, MODES[mode]), budget=engine.budget,
-                  trim=engine.trim or "head", chunk_size=engine.chunk_size)
+    """The engine with the task's prompt in this mode (a shallow copy: same model, tokenizer and CUDA graphs,
+    which every task and mode share). A prompt over the model's budget is trimmed (the engine's own policy,
+    else the context's head) and the cut is recorded."""
+    e = copy.copy(engine)
+    e.prompt, e.trim = JRTPrompt(template, MODES[mode]), engine.trim or "head"
+    return e
 
 
 def _by_document(examples: Sequence[Example]) -> list[Example]:
