@@ -168,10 +168,7 @@ class GraphedPrefill:
             start += n
             if progress is not None:
                 progress(start)
-        out = RecurrentState([{k: torch.empty_like(v) for k, v in layer.items()} for layer in self.state.layers],
-                             torch.empty_like(self.state.seen))
-        torch._foreach_copy_(out.tensors(), self.state.tensors())
-        return logits[:, -1].clone(), out
+        return logits[:, -1].clone(), self.state.fork()
 
 
 class _Piece:

@@ -65,7 +65,7 @@ def prefill(model: RecurrentLM, prompts: Sequence[Sequence[int]], state: Recurre
     ``graph``: a ``cuda_graph.GraphedPrefill`` for this batch size, which replays its pieces from CUDA graphs
     (its own piece length replaces ``chunk_size``)."""
     ids, mask = left_pad(prompts, pad_id, model.device)
-    masked = bool((mask == 0).any())
+    masked = len({len(p) for p in prompts}) > 1  # padding iff lengths differ: no host sync on the device mask
     if graph is not None:
         return graph(ids, mask.bool() if masked else None, state, progress)
     L = ids.shape[1]

@@ -53,7 +53,11 @@ class RecurrentState:
 
     def fork(self) -> "RecurrentState":
         """An independent copy: continuing from the fork never changes this state."""
-        return self._map(lambda t: t.clone())
+        if any(t.requires_grad for t in self.tensors()):  # a state in training: copies that keep the graph
+            return self._map(lambda t: t.clone())
+        out = self._map(torch.empty_like)
+        torch._foreach_copy_(out.tensors(), self.tensors())  # one launch, not one per tensor
+        return out
 
     def select(self, rows: Sequence[int] | torch.Tensor | slice) -> "RecurrentState":
         """The state of some batch rows only (a copy), e.g. ``state.select([2])`` or ``state.select(slice(0, 4))``."""

@@ -229,3 +229,18 @@ def test_prefill_lengths_cover_every_length_with_few_shapes():
             if chunk == 4096:
                 firsts.add(pieces[0])
     assert len(firsts) <= 40, sorted(firsts)
+
+
+def test_fork_copies_and_keeps_gradients():
+    """fork: independent copies (one foreach copy); a state that needs gradients keeps its graph through it."""
+    w = torch.randn(2, 3, requires_grad=True)
+    s = RecurrentState([{"kv": w * 2}, {}], torch.tensor([4, 5]))
+    f = s.fork()
+    f.layers[0]["kv"].sum().backward()
+    assert torch.equal(w.grad, torch.full_like(w, 2.0))
+    with torch.no_grad():
+        g = RecurrentState([{"kv": torch.randn(2, 3)}, {}], torch.tensor([1, 2]))
+        h = g.fork()
+        h.layers[0]["kv"].add_(1)
+        h.seen.add_(1)
+    assert not torch.equal(h.layers[0]["kv"], g.layers[0]["kv"]) and g.seen.tolist() == [1, 2]
