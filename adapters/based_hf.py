@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.generation.utils import GenerationMixin
+from transformers.generation.utils import ALL_CACHE_NAMES, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.modeling_utils import PreTrainedModel
 
@@ -22,6 +22,11 @@ from jrt_prompt.state import RecurrentState
 from .based import (KEY_MAPPING, BasedBackbone, check_same_keys, check_weight_names, recurrent_lm,
                     settings_from_config)
 from .based_config import BasedConfig, register_config
+
+
+# generate() carries a model's cache from one step to the next (and reorders it for beams) only under names it
+# knows: "cache" from transformers 5.24, "cache_params" (mamba-style models) before; forward takes it as ``cache``
+GENERATE_CACHE_KEY = "cache" if "cache" in ALL_CACHE_NAMES else "cache_params"
 
 
 class BasedCache:
@@ -93,7 +98,16 @@ class BasedForCausalLM(PreTrainedModel, GenerationMixin):
         check_same_keys(str(pretrained_model_name_or_path), info.get("missing_keys", ()), unexpected)
         return (model, info) if want_info else model
 
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, **kwargs):
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """Carry the state under the name this transformers' generate() carries and reorders for beams."""
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if getattr(outputs, "cache", None) is not None:
+            model_kwargs[GENERATE_CACHE_KEY] = outputs.cache
+        return model_kwargs
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, cache_params=None,
+                                      **kwargs):
+        cache = cache if cache is not None else cache_params
         if cache is None:  # no state yet (or use_cache=False): read everything
             next_sequence_length = None
         return super().prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length,

@@ -112,6 +112,11 @@ class Engine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
 
+    @property
+    def config(self):
+        """The model's config (transformers' pipeline() reads ``model.config`` of an Engine passed as the model)."""
+        return self.model.config
+
     def __repr__(self) -> str:
         return f"Engine({self.model.config.arch}, prompt={self.prompt!r}, budget={self.budget})"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 from torch import nn
 
 from .state import LayerState, RecurrentState
@@ -50,6 +50,8 @@ class LMConfig(BaseModel):
     pad_token_id: int | None = None
     residual_in_fp32: bool = True
     max_length: int | None = None  # the token budget a prompt may use (None: no limit)
+    # transformers 5.17's pipeline() reads model.config._commit_hash of any model it is given (5.18 on do not)
+    _commit_hash: str | None = PrivateAttr(default=None)
 
 
 def check_left_padded(mask: torch.Tensor) -> None:

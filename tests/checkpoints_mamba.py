@@ -48,12 +48,33 @@ def tiny_mamba(seed: int = 0, **overrides) -> MambaForCausalLM:
     return randomize(MambaForCausalLM(MambaConfig(**cfg)), seed)
 
 
+TINY_MAMBA2 = dict(vocab_size=48, hidden_size=16, num_heads=4, head_dim=8, state_size=6, n_groups=2, num_hidden_layers=2,
+                   conv_kernel=4, expand=2, chunk_size=8, pad_token_id=0, eos_token_id=1)
+
+
 def tiny_mamba2(seed: int = 0, **overrides) -> Mamba2ForCausalLM:
-    cfg = dict(vocab_size=48, hidden_size=16, num_heads=4, head_dim=8, state_size=6, n_groups=2, num_hidden_layers=2,
-               conv_kernel=4, expand=2, chunk_size=8, pad_token_id=0, eos_token_id=1)
-    cfg.update(overrides)
+    cfg = {**TINY_MAMBA2, **overrides}
     torch.manual_seed(seed)
-    return randomize(Mamba2ForCausalLM(Mamba2Config(**cfg)), seed)
+    return grouped_gated_norms(randomize(Mamba2ForCausalLM(Mamba2Config(**cfg)), seed))
+
+
+def transformers_norms_over_groups() -> bool:
+    """transformers before 5.23 normalises Mamba-2's gated RMSNorm over all channels, not per group as mamba_ssm
+    (and every checkpoint trained with it) does: with n_groups > 1 its logits are not the checkpoint's."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    return "group_size" in modeling_mamba2.MambaRMSNormGated.__init__.__code__.co_varnames
+
+
+def grouped_gated_norms(model: Mamba2ForCausalLM) -> Mamba2ForCausalLM:
+    """On transformers < 5.23, give the model mamba_ssm's per-group gated norm (5.23's code), so its forward is
+    the reference the tests compare against on every version (test_transformers_gated_norm_ignores_groups)."""
+    if not transformers_norms_over_groups():
+        for layer in model.backbone.layers:
+            old = layer.mixer.norm
+            layer.mixer.norm = _GateThenNorm(old.weight.data, old.weight.numel() // model.config.n_groups,
+                                             old.variance_epsilon)
+    return model
 
 
 # ------------------------------------------------------------------ HF format
@@ -152,6 +173,20 @@ class _GateOnly(nn.Module):
         return (y.float() * F.silu(gate.float())).to(y.dtype)
 
 
+class _GateThenNorm(nn.Module):
+    """mamba_ssm's gated RMSNorm (norm_before_gate=False): rmsnorm(y * silu(z)) per group * weight."""
+
+    def __init__(self, weight: torch.Tensor, group_size: int, eps: float):
+        super().__init__()
+        self.weight, self.group_size, self.variance_epsilon = nn.Parameter(weight), group_size, eps
+
+    def forward(self, y, gate):
+        h = y.float() * F.silu(gate.float())
+        g = h.reshape(*h.shape[:-1], -1, self.group_size)
+        n = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).reshape(h.shape)
+        return self.weight * n.to(y.dtype)
+
+
 class _NormThenGate(nn.Module):
     """mamba_ssm's gated RMSNorm with norm_before_gate=True: rmsnorm(y) per group * weight * silu(z)."""
 
@@ -175,7 +210,8 @@ def mamba2_without_gated_norm(model: Mamba2ForCausalLM) -> Mamba2ForCausalLM:
 def mamba2_norm_before_gate(model: Mamba2ForCausalLM) -> Mamba2ForCausalLM:
     for layer in model.backbone.layers:
         old = layer.mixer.norm
-        layer.mixer.norm = _NormThenGate(old.weight.data, old.group_size, old.variance_epsilon)
+        layer.mixer.norm = _NormThenGate(old.weight.data, old.weight.numel() // model.config.n_groups,
+                                         old.variance_epsilon)
     return model
 
 

@@ -32,7 +32,7 @@ from jrt_prompt.layers.fla_norm import FlaRMSNorm
 from jrt_prompt.loading import as_model
 from jrt_prompt.ops.backend import importable
 from tests.checkpoints_gla import require
-from tests.checkpoints_mamba import ids_for, load_folder, randomize, tiny_mamba, tiny_mamba2
+from tests.checkpoints_mamba import grouped_gated_norms, ids_for, load_folder, randomize, tiny_mamba, tiny_mamba2
 from tests.properties import _close, check_all
 from tests.tokenizer_fixture import tiny_tokenizer
 
@@ -151,7 +151,7 @@ def test_logits_equal_transformers_on_the_same_weights(name):
     cls = transformers.MambaForCausalLM if arch == "mamba" else transformers.Mamba2ForCausalLM
     cfg = (transformers.MambaConfig if arch == "mamba" else transformers.Mamba2Config)(
         **{**BASE[arch], **AS_TRANSFORMERS[name]})
-    hf = cls(cfg).eval()
+    hf = cls(cfg).eval() if arch == "mamba" else grouped_gated_norms(cls(cfg).eval())
     hf.load_state_dict(model.state_dict(), strict=True)
     ids = ids_for(48, batch=2, length=19)
     with torch.no_grad():

@@ -19,8 +19,9 @@ from jrt_prompt.errors import CheckpointError
 from jrt_prompt.layers.mamba2 import Mamba2Mixer
 from tests.checkpoints_mamba import (assert_differentiable, expect_error, hf_logits, ids_for, load_folder,
                                      mamba1_ssm_cfg, mamba2_norm_before_gate, mamba2_ssm_cfg, mamba2_without_gated_norm,
-                                     mamba_ssm_weights, tiny_mamba, tiny_mamba2, use_layer_norms, write_hf_folder,
-                                     write_mamba_ssm_folder)
+                                     mamba_ssm_weights, randomize, tiny_mamba, tiny_mamba2,
+                                     transformers_norms_over_groups, use_layer_norms, write_hf_folder,
+                                     write_mamba_ssm_folder, TINY_MAMBA2)
 from tests.properties import _close, check_all
 
 CONFIGS = {
@@ -46,6 +47,22 @@ def test_logits_equal_transformers(name):
     conv_dim = c.num_heads * c.head_dim + 2 * c.n_groups * c.state_size
     assert state.layers[0]["conv"].shape == (2, c.conv_kernel - 1, conv_dim)
     assert lm.config.arch == "mamba2" and lm.config.eos_token_id == 1
+
+
+def test_transformers_gated_norm_ignores_groups():
+    """The reference above carries mamba_ssm's per-group gated norm on every transformers version; this checks the
+    reason: transformers < 5.23's own norm (over all channels) gives other logits once n_groups > 1."""
+    if transformers_norms_over_groups():
+        pytest.skip("this transformers normalises Mamba-2's gated norm per group (>= 5.23): nothing to show")
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    for n_groups, differs in ((2, True), (1, False)):
+        torch.manual_seed(1)
+        own = randomize(Mamba2ForCausalLM(Mamba2Config(**{**TINY_MAMBA2, "n_groups": n_groups})), seed=1)
+        lm = mamba2.from_model(own)
+        ids = ids_for(own.config.vocab_size)
+        gap = (lm(ids)[0] - hf_logits(own, ids)).abs().max().item()
+        assert (gap > 1e-2) == differs, (n_groups, gap)
 
 
 def test_dt_limit_is_applied():
