@@ -34,7 +34,7 @@ unrelated document of the same size, answer-only) can be weighed in ``--mix`` wi
 table; the JRT target still compares plain and JRT): examples/recall_training/gpu_run7.sh.
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
-(``reference_ops``; Mamba's scan two-level, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
+(``reference_ops``; Mamba's scan blocked, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
 before the first step (the last GPU run lost 5 minutes to fla's compile/autotune for GLA and Mamba, and Mamba-2
 died at its first backward: fla 0.6.0 refuses its gated chunk backward on Hopper with Triton < 3.7.1). With
 ``--train-ops fast``, fla's kernels; Mamba-2 then checks fla's Hopper/Triton guard (and a tiny forward + backward)
@@ -85,7 +85,7 @@ from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
 CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes", "--variant", "--name"}
 FLAGS = {"--parallel"}  # options without a value
-REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192}  # Mamba's batch cap per PyTorch scan
+REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192, "blocks": 8192}  # Mamba's batch cap per PyTorch scan
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "autotune, training starts at once) or fla's (GLA, Mamba-2 unless fla refuses its "
                             "backward here, Mamba's scan as GLA after a self-check)")
     model.add_argument("--mamba-scan", choices=models_mod.MAMBA_SCANS,
-                       help="Mamba's training scan on CUDA (default: two-level with --train-ops reference, gla with "
+                       help="Mamba's training scan on CUDA (default: blocks with --train-ops reference, gla with "
                             "fast)")
     train = p.add_argument_group("training")
     train.add_argument("--minutes", type=float, default=8.0, help="training time budget (evaluation comes after)")
@@ -384,7 +384,7 @@ def choose_training_ops(args, arch: str, trainable, device, log) -> dict:
     trainable.ops = args.train_ops
     notes: list[str] = []
     if arch == "mamba":
-        choice = args.mamba_scan or ("gla" if args.train_ops == "fast" else "two-level")
+        choice = args.mamba_scan or ("gla" if args.train_ops == "fast" else "blocks")
         if device.type == "cuda":
             trainable.mamba_scan = models.checked_mamba_scan(choice, device, notes.append)
         cap = REFERENCE_SCAN_TOKENS.get(trainable.mamba_scan)

@@ -339,12 +339,37 @@ def test_mamba_training_scans_match_the_reference():
 
     want = run(naive.selective_scan)
     two_level_5 = lambda **kw: models.selective_scan_two_level(**kw, chunk_size=5)  # noqa: E731
+    blocks_3_levels = lambda **kw: models.selective_scan_blocks(**kw, blocks=(4, 3, 2))  # noqa: E731 (37 = 10 x 4 ...)
     for scan in (models.selective_scan_as_gla, models.selective_scan_small_chunks, models.selective_scan_two_level,
-                 two_level_5):
+                 two_level_5, models.selective_scan_blocks, blocks_3_levels):
         for name, got, ref in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), run(scan), want):
             err = ((got - ref).abs().max() / ref.abs().max()).item()  # fp32 sums in another order
             assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (scan, name, err)
     assert models.checked_mamba_scan("gla", torch.device("cpu")) == "gla"
+
+
+def test_mamba_trains_through_the_blocked_scan(tok, monkeypatch):
+    """What CUDA training swaps in for Mamba's scan takes the layer's call as it is made and gives the layer's own
+    logits and gradients (a tiny model on CPU)."""
+    import jrt_prompt.layers.mamba as mamba_layer
+
+    trainable = models.make_trainable("mamba", models.build_hf_model("mamba", TINY, len(tok), tok.eos_token_id, seed=0))
+    ids = torch.randint(0, len(tok), (2, 45), generator=torch.Generator().manual_seed(0))
+
+    def run():
+        for p in trainable.params:
+            p.grad = None
+        logits = trainable.logits(ids)
+        logits.square().mean().backward()
+        return [logits.detach()] + [p.grad.clone() for p in trainable.params if p.grad is not None]
+
+    want = run()
+    monkeypatch.setattr(mamba_layer, "selective_scan",
+                        lambda *a, **k: models.selective_scan_blocks(*a, **k, blocks=(4, 3)))
+    got = run()
+    assert len(got) == len(want) > 5
+    for g, w in zip(got, want):
+        assert ((g - w).abs().max() / w.abs().max()).item() < 1e-3
 
 
 def test_mamba_scan_check_falls_back_when_the_gla_form_fails(monkeypatch):
@@ -353,7 +378,7 @@ def test_mamba_scan_check_falls_back_when_the_gla_form_fails(monkeypatch):
 
     monkeypatch.setattr(models, "selective_scan_as_gla", broken)
     said = []
-    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "two-level"
+    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "blocks"
     assert "no kernel" in said[0]
 
 
@@ -380,7 +405,7 @@ def test_mamba2_falls_back_to_the_reference_ssd_when_fla_refuses(monkeypatch):
 
 def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
     """What the launcher records and what the training forward runs: reference_ops for every recurrent model with
-    --train-ops reference (Mamba's scan two-level), fla's paths with fast (Mamba-2 only where fla's backward runs)."""
+    --train-ops reference (Mamba's scan blocked), fla's paths with fast (Mamba-2 only where fla's backward runs)."""
     from jrt_prompt.ops import backend
 
     hf = models.build_hf_model("mamba2", TINY, len(tok), tok.eos_token_id, seed=0)
@@ -396,8 +421,8 @@ def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
     import jrt_prompt.layers.mamba as mamba_layer
 
     with models.training_paths(trainable, cuda):
-        assert mamba_layer.selective_scan is models.selective_scan_two_level
-    assert mamba_layer.selective_scan is not models.selective_scan_two_level
+        assert mamba_layer.selective_scan is models.selective_scan_blocks
+    assert mamba_layer.selective_scan is not models.selective_scan_blocks
 
     trainable.arch = "mamba2"
     args = train_recall.parse_args(["--arch", "mamba2", "--out", "x", "--train-ops", "fast"])
@@ -407,7 +432,7 @@ def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
     args = train_recall.parse_args(["--arch", "mamba", "--out", "x", "--tokens-per-batch", "16384"])
     trainable.arch = "mamba"
     chosen = train_recall.choose_training_ops(args, "mamba", trainable, cuda, log=lambda m: None)
-    assert chosen["mamba_scan"] == "two-level" and chosen["ops"] == "reference" and args.tokens_per_batch == 8192
+    assert chosen["mamba_scan"] == "blocks" and chosen["ops"] == "reference" and args.tokens_per_batch == 8192
 
 
 def test_curriculum_grows_on_recall_and_with_time():
@@ -868,5 +893,6 @@ def test_gpu_training_ops_start_without_fla_and_mamba2_choice_is_logged():
     from jrt_prompt.ops.selective_scan import naive
 
     ref, _ = naive.selective_scan(**args)
-    got, _ = models.selective_scan_two_level(**{k: v.cuda() for k, v in args.items()})
-    assert ((got.cpu() - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    for scan in (models.selective_scan_two_level, models.selective_scan_blocks):
+        got, _ = scan(**{k: v.cuda() for k, v in args.items()})
+        assert ((got.cpu() - ref).abs().max() / ref.abs().max()).item() < 1e-4, scan

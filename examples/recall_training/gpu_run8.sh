@@ -29,4 +29,4 @@ RECIPE=(
   --init-range 0.02
   --eval-modes default,jrt,question_first,question_first_sep
 )
-. "$(dirname "${BASH_SOURCE[0]}")/gpu_launch.sh" run8 "${RECIPE[@]}"
+. "$(dirname "${BASH_SOURCE[0]}")/gpu_launch.sh" "${RUN_NAME:-run8}" "${RECIPE[@]}"  # gpu_run10.sh: RUN_NAME=run10

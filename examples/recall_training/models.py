@@ -9,7 +9,8 @@ baseline). The recurrent ones train through ``jrt_prompt``'s RecurrentLM over th
 - by default (``ops="reference"``) every recurrent model trains on CUDA through the PyTorch references
   (``reference_ops``): nothing to compile or autotune, so five runs sharing a GPU start training within seconds
   (fla's kernels spent minutes compiling and autotuning per shape in the last run); Mamba's scan through
-  ``selective_scan_two_level`` (exact, no [B, t, t, C, N] pair tensors), Mamba-2 through ``ssd_chunked``;
+  ``selective_scan_blocks`` (exact, a few dozen launches a layer; ``selective_scan_two_level``, runs 1-4's, walks
+  about 2 sqrt(L) sequential steps), Mamba-2 through ``ssd_chunked``;
 - with ``ops="fast"``: fla's chunk kernels for GLA (``chunk_gla``) and Mamba-2 (``chunk_simple_gla``, unless fla
   refuses its gated backward here: then ``ssd_chunked``, see ``checked_mamba2_ssd``), Mamba's scan as gated linear
   attention (``selective_scan_as_gla``, checked against the reference first);
@@ -164,7 +165,7 @@ class Trainable:
     lm: nn.Module | None
     params: list[nn.Parameter] = field(default_factory=list)
     ops: str = "reference"  # CUDA: "reference" (PyTorch only: no Triton compile or autotune) or "fast" (fla)
-    mamba_scan: str = "two-level"  # Mamba: "two-level" (PyTorch), "gla" (fla's chunk_gla), "small-chunks"
+    mamba_scan: str = "blocks"  # Mamba: "blocks" / "two-level" (PyTorch), "gla" (fla's chunk_gla), "small-chunks"
     mamba2_ssd: str = "reference"  # Mamba-2 with ops="fast": "fla" (chunk_simple_gla) or "reference" (ssd_chunked)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -221,14 +222,14 @@ def make_trainable(arch: str, hf_model: nn.Module) -> Trainable:
     return Trainable(arch, hf_model, lm, list(lm.parameters()))
 
 
-MAMBA_SCANS = ("two-level", "gla", "small-chunks")
+MAMBA_SCANS = ("blocks", "two-level", "gla", "small-chunks")
 
 
 @contextlib.contextmanager
 def training_paths(trainable: Trainable, device: torch.device):
     """The differentiable kernels of a training forward on ``device`` (see the module docstring). On CUDA with
     ``ops="reference"`` every op runs its PyTorch reference (``reference_ops``: nothing to compile or autotune, so
-    training starts at once; these models are small), Mamba's scan as ``selective_scan_two_level``. With
+    training starts at once; these models are small), Mamba's scan as ``selective_scan_blocks``. With
     ``ops="fast"``: fla's kernels for GLA, Mamba-2 (unless ``mamba2_ssd`` is "reference": fla refuses its gated
     backward on some GPU/Triton pairs) and Mamba's scan as GLA (``mamba_scan="gla"``). Based always trains through
     its references (its Triton prefill kernel has no backward). CPU: the layers' own (reference) paths."""
@@ -246,8 +247,9 @@ def training_paths(trainable: Trainable, device: torch.device):
         import jrt_prompt.layers.mamba as mamba_layer
 
         original = mamba_layer.selective_scan
-        mamba_layer.selective_scan = {"gla": selective_scan_as_gla, "small-chunks": selective_scan_small_chunks}.get(
-            trainable.mamba_scan, selective_scan_two_level)
+        mamba_layer.selective_scan = {"gla": selective_scan_as_gla, "small-chunks": selective_scan_small_chunks,
+                                      "two-level": selective_scan_two_level}.get(trainable.mamba_scan,
+                                                                                 selective_scan_blocks)
         try:
             yield
         finally:
@@ -321,6 +323,48 @@ def selective_scan_two_level(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return finish((states * C.float()[:, :, None, :]).sum(-1), u, D, z, mask), carry
 
 
+def _blocked_states(a, x, h0, blocks):
+    """States h_t = exp(a_t) h_{t-1} + x_t of a [B, L, C, N] recurrence from h0 [B, C, N], and the final state, in
+    O(len(blocks)) launches: blocks of ``blocks[0]`` tokens are solved at once through their [t, s] decay matrix
+    exp(cum_t - cum_s), s <= t (every exponent <= 0: nothing overflows), the block ends form a recurrence of
+    L / blocks[0] steps solved the same way with ``blocks[1:]``, and so on; the last level takes what is left whole."""
+    batch, length = a.shape[:2]
+    size = blocks[0] if len(blocks) > 1 and length > blocks[0] else length
+    n = -(-length // size)
+    pad = n * size - length
+    if pad:  # log-decay 0 and input 0: the state passes through unchanged
+        a, x = F.pad(a, (0, 0, 0, 0, 0, pad)), F.pad(x, (0, 0, 0, 0, 0, pad))
+    a, x = a.unflatten(1, (n, size)), x.unflatten(1, (n, size))
+    cum = a.cumsum(2)  # [B, n, size, C, N]
+    later = torch.ones(size, size, dtype=torch.bool, device=a.device).triu(1)[:, :, None, None]  # s > t
+    decay = (cum[:, :, :, None] - cum[:, :, None]).masked_fill(later, float("-inf")).exp()  # [B, n, t, s, C, N]
+    local = (decay * x[:, :, None]).sum(3)  # each block from a zero state
+    if n == 1:
+        incoming = h0[:, None]
+    else:  # the state entering each block: the recurrence over block ends, one level up
+        ends, _ = _blocked_states(cum[:, :, -1], local[:, :, -1], h0, blocks[1:])
+        incoming = torch.cat([h0[:, None], ends[:, :-1]], 1)
+    states = (local + cum.exp() * incoming[:, :, None]).flatten(1, 2)[:, :length]
+    return states, states[:, -1]
+
+
+def selective_scan_blocks(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                          initial_state=None, mask=None, blocks=(8, 16, 16, 16)):
+    """Mamba's selective scan in plain PyTorch for training (autograd), exact, in a few dozen launches a layer
+    (``_blocked_states``; the two-level scan runs about 2 sqrt(L) sequential steps). Autograd keeps [B, L, 8, C, N]
+    decay blocks: about 8 times the two-level scan's memory."""
+    from jrt_prompt.ops.selective_scan.naive import finish, prepare_dt
+
+    batch, _, channels = u.shape
+    dt = prepare_dt(delta, delta_bias, delta_softplus, mask=mask)  # [B, L, C] float32
+    a = dt[..., None] * A.float()  # [B, L, C, N] log-decay, <= 0
+    x = (dt * u.float())[..., None] * B.float()[:, :, None, :]
+    h0 = (initial_state.float() if initial_state is not None
+          else u.new_zeros(batch, channels, A.shape[-1], dtype=torch.float32))
+    states, final = _blocked_states(a, x, h0, tuple(blocks))
+    return finish((states * C.float()[:, :, None, :]).sum(-1), u, D, z, mask), final
+
+
 def selective_scan_small_chunks(*args, **kwargs):
     """The reference scan in chunks of 2 tokens: what autograd keeps is [B, L, 2, C, N], not 16 times that (slow:
     the fallback when the GLA form is not available)."""
@@ -331,19 +375,19 @@ def selective_scan_small_chunks(*args, **kwargs):
 
 def checked_mamba_scan(choice: str, device: torch.device, log=print) -> str:
     """``choice`` if it is not "gla", or if ``selective_scan_as_gla`` runs and matches the reference scan (values
-    and gradients) on ``device``; else "two-level" (``selective_scan_two_level``), with a log line saying why.
+    and gradients) on ``device``; else "blocks" (``selective_scan_blocks``), with a log line saying why.
     On CUDA the check compiles and autotunes fla's kernels for its shapes (minutes with other jobs compiling)."""
     if choice != "gla":
         return choice
     try:
         worst = _gla_scan_error(device)
     except Exception as e:  # noqa: BLE001 - an unattended run falls back instead of failing
-        log(f"Mamba scan as GLA failed ({type(e).__name__}: {e}): training with the two-level PyTorch scan")
-        return "two-level"
+        log(f"Mamba scan as GLA failed ({type(e).__name__}: {e}): training with the blocked PyTorch scan")
+        return "blocks"
     if not worst < 2e-2:  # fla may use TF32 dots on fp32 inputs; a wrong mapping is off by far more
-        log(f"Mamba scan as GLA differs from the reference by {worst:.2e} (relative): training with the two-level "
+        log(f"Mamba scan as GLA differs from the reference by {worst:.2e} (relative): training with the blocked "
             "PyTorch scan")
-        return "two-level"
+        return "blocks"
     return "gla"
 
 
