@@ -32,6 +32,8 @@ starts with (no sequence-start cue), the ``distractor_jrt`` format (D', Q, C, Q:
 unrelated document of the same size, answer-only) can be weighed in ``--mix`` with its own ``--records`` range, and
 ``--eval-modes`` adds the (Q, C, Q) and "\\n\\n" + (Q, C, Q) prompts to plain and JRT in the evaluation (a second
 table; the JRT target still compares plain and JRT): examples/recall_training/gpu_run7.sh.
+``--call-minutes M`` trains M minutes of the budget, saves DIR/train_state.pt and stops; ``--resume DIR`` (same
+recipe) goes on and evaluates at the end: one run over several GPU calls (NOTES.md, "Resuming a run across calls").
 
 Training kernels on CUDA (``--train-ops``): by default the PyTorch references for every recurrent model
 (``reference_ops``; Mamba's scan blocked, Mamba-2's SSD ``ssd_chunked``), so nothing is compiled or autotuned
@@ -83,8 +85,12 @@ from recall_training import models as models_mod  # noqa: E402
 from recall_training.loop import GROWTH_RULES  # noqa: E402
 from recall_training.models import ARCHS, RECURRENT, ModelSize  # noqa: E402
 
-CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes", "--variant", "--name"}
+CHILD_OPTIONS_DROPPED = {"--arch", "--out", "--parallel", "--tokenizer", "--deadline-minutes", "--variant", "--name",
+                         "--resume"}
 FLAGS = {"--parallel"}  # options without a value
+STATE = "train_state.pt"  # a paused run's training state (--call-minutes), read by --resume
+NOT_RECIPE = {"call_minutes", "call_steps", "deadline_minutes", "resume", "out", "tokenizer", "parallel", "summarize",
+              "write", "export_demo", "demo_dest"}  # options a resumed call may change
 REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192, "blocks": 8192}  # Mamba's batch cap per PyTorch scan
 
 
@@ -129,6 +135,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--minutes", type=float, default=8.0, help="training time budget (evaluation comes after)")
     train.add_argument("--max-steps", type=int, help="a step budget as well: stop and schedule by whichever ends first")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--call-minutes", type=float, metavar="M",
+                       help="train at most M minutes of the --minutes budget in this process, then save DIR/"
+                            f"{STATE} and stop without evaluating (a later call goes on with --resume DIR)")
+    train.add_argument("--call-steps", type=int, metavar="N", help="as --call-minutes, after N steps (tests)")
+    train.add_argument("--resume", type=Path, metavar="DIR",
+                       help=f"go on with the paused run in DIR ({STATE}; with --arch all or a list: DIR/<arch>) "
+                            "with the same recipe options; evaluates once the whole budget is spent")
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--warmup", type=int, default=200)
     train.add_argument("--tokens-per-batch", type=int, default=16384)
@@ -352,6 +365,7 @@ def run_one(args, arch: str, out: Path) -> int:
     if args.name and args.name != arch:
         results["name"] = args.name
     name = args.name or arch
+    results["recipe"] = recipe(args)  # before choose_training_ops changes args
     save = lambda: report.write_results(out, results)  # noqa: E731
     save()
     log = lambda msg: print(f"[{name}] {msg}" if not msg.startswith("[") else msg, flush=True)  # noqa: E731
@@ -400,10 +414,32 @@ def choose_training_ops(args, arch: str, trainable, device, log) -> dict:
     return {**chosen, "notes": notes, "check_seconds": round(time.time() - start, 1)}
 
 
+def recipe(args) -> dict:
+    """The options a run's calls must share (JSON-ready)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items()) if k not in NOT_RECIPE}
+
+
+def resume_mismatch(args) -> str | None:
+    """Why --resume DIR cannot go on with these options (one line), or None."""
+    path = args.resume / STATE
+    if not path.is_file():
+        return f"--resume {args.resume}: no {STATE} there (not a paused run, or already finished)"
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)["recipe"]
+    now = recipe(args)
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differ:
+        return (f"--resume {args.resume}: the recipe differs from the paused run's: "
+                + ", ".join(f"--{k.replace('_', '-')} {now.get(k)!r} (was {saved.get(k)!r})" for k in differ))
+    return None
+
+
 def _tokenizer(args, out: Path):
     from recall_training.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
-    tok = load_tokenizer(args.tokenizer) if args.tokenizer else build_tokenizer(args.vocab_size)
+    source = args.resume or args.tokenizer
+    tok = load_tokenizer(source) if source else build_tokenizer(args.vocab_size)
     save_tokenizer(tok, out)
     return load_tokenizer(out)
 
@@ -448,9 +484,33 @@ def _run_one(args, arch, out, results, save, log, torch) -> int:
         results["training"] = _plain(r)
         save()
 
+    state = None
+    if args.resume:
+        state = torch.load(args.resume / STATE, map_location=device, weights_only=False)
+        results["resumed"] = {"from": str(args.resume), "steps": state["steps"], "seconds": state["seconds"],
+                              "call": state["call"] + 1}
+        log(f"resuming {args.resume} at step {state['steps']} ({state['seconds']:.0f}s of {args.minutes * 60:.0f}s)")
+
+    def pause(train_state):  # saved with the model, so that the folder also loads as it is
+        train_state.update(recipe=results["recipe"], call=state["call"] + 1 if state else 1)
+        torch.save(train_state, out / (STATE + ".tmp"))
+        os.replace(out / (STATE + ".tmp"), out / STATE)
+
     trained = loop.train(trainable, tokenizer, config, args.seed, device, log=log, on_log=on_log,
-                         name=args.name or arch)
+                         name=args.name or arch, resume=state,
+                         call_seconds=args.call_minutes * 60 if args.call_minutes is not None else None,
+                         call_steps=args.call_steps, on_pause=pause)
     results["training"] = _plain(trained)
+    if trained.stopped == "call":  # the budget is not spent: the next call evaluates
+        hf.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        results.update(status="paused", finished=False)
+        save()
+        log(f"paused at step {trained.steps} ({trained.seconds:.0f}s of {args.minutes * 60:.0f}s): go on with "
+            f"--resume {out}")
+        return 0
+    if (out / STATE).exists():  # finished: a stale state would resume a run that is over
+        (out / STATE).unlink()
     results["status"] = "saving"
     save()
     hf.save_pretrained(str(out))
@@ -584,6 +644,7 @@ def run_all(args, argv: list[str]) -> int:
             handle = open(log_path, "w")
             real, options = named.get(arch, (arch, []))
             which = ["--arch", real, "--out", str(folder), *options] + (["--name", arch] if arch in named else [])
+            which += ["--resume", str(args.resume / arch)] if args.resume else []
             proc = subprocess.Popen(base + which, stdout=handle, stderr=subprocess.STDOUT, env=env)
             running[arch] = (proc, min(time.time() + deadline_each, launch_deadline), log_path, handle)
             positions[arch] = 0
@@ -668,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         return export_demo(args.export_demo, args.demo_dest)
     if args.arch == "all" or "," in args.arch:
         return run_all(args, argv)
+    if args.resume and (error := resume_mismatch(args)):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return run_one(args, args.arch, args.out)
 
 

@@ -654,6 +654,82 @@ def test_cli_trains_saves_evaluates_and_exports_a_demo(tok_dir, tmp_path, capsys
     assert engine.generate(doc_read, doc.asked[0].question, max_new_tokens=4) == answer
 
 
+def _paused_gla(tok, config, call_steps):
+    """A tiny GLA trained for ``call_steps`` of ``config``'s run, then paused: (trainable, result, train state)."""
+    trainable = models.make_trainable("gla", models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=0))
+    states = []
+    result = loop.train(trainable, tok, config, 0, torch.device("cpu"), log=lambda m: None, call_steps=call_steps,
+                        on_pause=states.append)
+    return trainable, result, states[0]
+
+
+def test_a_run_resumes_across_calls_on_the_same_schedule(tok):
+    """--call-steps / --resume in loop.train: two calls make the run's steps, the LR of the resumed steps is the one
+    run's (lr_at at the same progress), the curriculum and phase carry over, the history goes on."""
+    config = loop.TrainConfig(minutes=10, max_steps=6, warmup_steps=2, workers=0, log_every_s=0, start_level=0.5,
+                              mixture=data.MixtureConfig(tokens_per_batch=256, records={
+                                  "plain": (1, 2), "jrt": (1, 2), "question_first": (1, 2)}),
+                              phase2=loop.Phase2(0.5, data.MixtureConfig(tokens_per_batch=256, mix={"jrt": 1},
+                                                                         records={"jrt": (1, 2)})))
+    trainable, first, state = _paused_gla(tok, config, 2)
+    assert first.stopped == "call" and first.steps == 2 and state["steps"] == 2 and state["phase"] == 0
+    assert state["data_seed"] == 2 and len(state["history"]) == 2 and state["seconds"] > 0
+    fresh = models.make_trainable("gla", models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=1))
+    second = loop.train(fresh, tok, config, 0, torch.device("cpu"), log=lambda m: None, resume=state)
+    assert second.stopped == "max_steps" and second.steps == 6 and second.seconds >= state["seconds"]
+    assert [h["step"] for h in second.history] == [1, 2, 3, 4, 5, 6] and second.phase2_step == 3
+    assert [h["phase"] for h in second.history] == [1, 1, 1, 2, 2, 2]
+    for line in second.history:  # progress = steps / max_steps here (seconds are far from the 10 minutes)
+        step = line["step"] - 1
+        assert line["lr"] == round(loop.lr_at(config, step, step / 6), 6)
+    assert second.level >= loop.Curriculum(config).floor(5 / 6)
+
+
+def test_the_training_state_round_trips_exactly(tok, tmp_path):
+    """train_state.pt: a fresh model and optimizer loaded from it equal the paused ones, curriculum included."""
+    config = loop.TrainConfig(minutes=10, max_steps=4, warmup_steps=1, workers=0, log_every_s=0, start_level=0.5,
+                              mixture=data.MixtureConfig(tokens_per_batch=256, mix={"plain": 1},
+                                                         records={"plain": (1, 2)}))
+    trainable, _, state = _paused_gla(tok, config, 2)
+    torch.save(state, tmp_path / "train_state.pt")
+    loaded = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    fresh = models.make_trainable("gla", models.build_hf_model("gla", TINY, len(tok), tok.eos_token_id, seed=1))
+    opt, cur = loop.make_optimizer(fresh, config, torch.device("cpu")), loop.Curriculum(config)
+    result, phase = loop.restore(loaded, fresh, opt, cur)
+    for a, b in zip(trainable.params, fresh.params, strict=True):
+        assert torch.equal(a, b)
+    saved, now = state["optimizer"], opt.state_dict()
+    assert saved["param_groups"] == now["param_groups"] and saved["state"].keys() == now["state"].keys()
+    for k, moments in saved["state"].items():
+        assert all(torch.equal(v, now["state"][k][name]) for name, v in moments.items())
+    assert cur.state() == state["curriculum"] and (result.steps, phase) == (2, 0)
+    assert result.history == state["history"] and result.tokens == state["tokens"]
+
+
+def test_cli_pauses_and_resumes_a_run_and_refuses_another_recipe(tok_dir, tmp_path, capsys):
+    """--call-steps: the first call saves train_state.pt and results.json (finished: false) without evaluating;
+    --resume with the same recipe trains the rest and evaluates; a changed recipe option is a one-line error."""
+    out = tmp_path / "based"
+    argv = ["--arch", "based", "--out", str(out), "--tokenizer", str(tok_dir), "--minutes", "1", "--max-steps", "4",
+            "--d-model", "32", "--n-layer", "2", "--based-pattern", "wl", "--window", "16", "--workers", "0",
+            "--tokens-per-batch", "512", "--warmup", "2", "--eval-records", "1", "--eval-documents", "1",
+            "--device", "cpu", "--log-every", "0"]
+    assert train_recall.main([*argv, "--call-steps", "3"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["finished"] is False and res["status"] == "paused" and res["training"]["steps"] == 3
+    assert "accuracy" not in res and (out / "train_state.pt").is_file() and (out / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert train_recall.main([*argv[:-4], "--log-every", "5", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--log-every" in err and "recipe differs" in err
+    assert train_recall.main([*argv, "--resume", str(out), "--out", str(tmp_path / "next")]) == 0
+    res = json.loads((tmp_path / "next" / "results.json").read_text())
+    assert res["status"] == "done" and res["training"]["steps"] == 4 and res["resumed"]["steps"] == 3
+    assert [h["step"] for h in res["training"]["history"]] == [1, 2, 3, 4] and "accuracy" in res
+    assert res["training"]["seconds"] >= res["resumed"]["seconds"]
+    assert train_recall.main([*argv, "--resume", str(tmp_path / "next")]) == 2  # finished: nothing to resume
+
+
 def test_demo_export_refuses_big_or_foreign_models(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -718,6 +794,7 @@ def test_launcher_passes_options_through_to_children():
     assert train_recall.child_argv(argv) == ["--minutes", "6", "--d-model", "96"]
     argv = ["--arch", "based,b6", "--variant", "b6=based --n-layer 6", "--minutes", "6", "--name", "n"]
     assert train_recall.child_argv(argv) == ["--minutes", "6"]
+    assert train_recall.child_argv(["--resume", "runs", "--minutes", "6"]) == ["--minutes", "6"]  # DIR/<arch> each
 
 
 def test_variants_launch_named_runs_with_their_own_options(tok_dir, tmp_path, monkeypatch):

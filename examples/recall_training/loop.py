@@ -134,6 +134,17 @@ class Curriculum:
             self.grown_at.append((step, round(level, 4)))
         return self.level
 
+    def state(self) -> dict:
+        """What a resumed run needs to grow (and trigger phase 2) as this one would have."""
+        return {"level": self.level, "counted_from": self.counted_from, "recent": list(self.recent),
+                "top_plain": list(self.top_plain), "grown_at": list(self.grown_at)}
+
+    def load(self, state: dict) -> None:
+        self.level, self.counted_from = state["level"], state["counted_from"]
+        self.recent.extend(state["recent"])
+        self.top_plain.extend(state["top_plain"])
+        self.grown_at = [tuple(g) for g in state["grown_at"]]
+
 
 class _StreamDataset(torch.utils.data.IterableDataset):
     """Each loader worker runs its own seeded BatchStream; the curriculum level and the phase are shared memory."""
@@ -215,7 +226,7 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     skipped_steps: int = 0
-    stopped: str = "time"  # time | max_steps | diverged
+    stopped: str = "time"  # time | max_steps | diverged | call (this call's share spent: see train_state)
     level: float = 0.0
     phase2_step: int | None = None  # the first step of phase 2 (None: not reached or no phase 2)
     phase2_by: str | None = None  # what started it: "accuracy" (Phase2.when_acc) or "time"
@@ -262,36 +273,77 @@ class _Meter:
                     bins.items(), key=lambda item: bin_start(item[0]))} for f, bins in sorted(self.by_size.items())}}
 
 
+def make_optimizer(trainable: Trainable, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    vocab_rows = trainable.hf_model.get_input_embeddings().weight.shape[0]
+    return torch.optim.AdamW(param_groups(trainable, config.weight_decay, vocab_rows), lr=config.lr,
+                             betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
+
+
+def train_state(trainable: Trainable, opt, curriculum: Curriculum, result: TrainResult, phase: int,
+                seed: int) -> dict:
+    """Everything a later call needs to go on with this run (train_recall.py's train_state.pt)."""
+    return {"model": {k: v.detach().cpu().clone() for k, v in trainable.hf_model.state_dict().items()},
+            "optimizer": opt.state_dict(), "steps": result.steps, "tokens": result.tokens,
+            "seconds": result.seconds, "skipped_steps": result.skipped_steps, "curriculum": curriculum.state(),
+            "phase": phase, "phase2_step": result.phase2_step, "phase2_by": result.phase2_by,
+            "history": list(result.history), "data_seed": seed + result.steps}
+
+
+def restore(state: dict, trainable: Trainable, opt, curriculum: Curriculum) -> tuple[TrainResult, int]:
+    """Load ``train_state`` into the model, optimizer and curriculum; returns the result so far and the phase."""
+    trainable.hf_model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    curriculum.load(state["curriculum"])
+    result = TrainResult(steps=state["steps"], seconds=state["seconds"], tokens=state["tokens"],
+                         skipped_steps=state["skipped_steps"], level=curriculum.level,
+                         phase2_step=state["phase2_step"], phase2_by=state["phase2_by"],
+                         curriculum=curriculum.grown_at, history=list(state["history"]))
+    return result, state["phase"]
+
+
 def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, device: torch.device,
           log: Callable[[str], None] = print, on_log: Callable[[TrainResult], None] | None = None,
-          name: str | None = None) -> TrainResult:
+          name: str | None = None, resume: dict | None = None, call_seconds: float | None = None,
+          call_steps: int | None = None, on_pause: Callable[[dict], None] | None = None) -> TrainResult:
     """Train until the time budget (or max_steps) is spent; returns what happened (the model is trained in place).
-    Log lines start with ``[name]`` (default: the architecture)."""
+    Log lines start with ``[name]`` (default: the architecture).
+
+    A run may span several processes (GPU calls of 10 minutes): this one stops after ``call_seconds`` (or
+    ``call_steps``) with ``stopped="call"`` and hands ``on_pause`` the ``train_state``; a later one passes it as
+    ``resume`` and goes on with the same schedule (progress counts the seconds of every call) and batches from seed
+    + steps, so none repeats."""
     name = name or trainable.arch
-    torch.manual_seed(seed)
-    budget = config.minutes * 60.0
     curriculum = Curriculum(config)
+    opt = make_optimizer(trainable, config, device)
+    result, start_phase = restore(resume, trainable, opt, curriculum) if resume else (TrainResult(), 0)
+    result.level = curriculum.level
+    data_seed = seed + result.steps
+    torch.manual_seed(data_seed)
+    budget = config.minutes * 60.0
     level = mp.Value("d", curriculum.level)
-    phase = mp.Value("i", 0)
-    vocab_rows = trainable.hf_model.get_input_embeddings().weight.shape[0]
-    opt = torch.optim.AdamW(param_groups(trainable, config.weight_decay, vocab_rows), lr=config.lr,
-                            betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
+    phase = mp.Value("i", start_phase)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
-    result = TrainResult(level=curriculum.level)
     meter, bad_in_a_row = _Meter(), 0
     trainable.train(True)
-    start = last_log = time.time()
+    last_log = time.time()
+    start = last_log - result.seconds  # elapsed: this run's training seconds over all calls
+    call_end = last_log + call_seconds if call_seconds is not None else float("inf")
+    call_last = result.steps + call_steps if call_steps is not None else None
     lr = config.lr
-    loader = iter(batches(tokenizer, config, seed, level, phase))
+    loader = iter(batches(tokenizer, config, data_seed, level, phase))
     try:
         while True:
-            elapsed = time.time() - start
+            now = time.time()
+            elapsed = now - start
             if elapsed >= budget:
                 result.stopped = "time"
                 break
             if config.max_steps is not None and result.steps >= config.max_steps:
                 result.stopped = "max_steps"
+                break
+            if now >= call_end or (call_last is not None and result.steps >= call_last):
+                result.stopped = "call"
                 break
             batch = next(loader).to(device)
             progress = elapsed / budget
@@ -348,6 +400,8 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     result.seconds, result.level, result.curriculum = now - start, curriculum.level, curriculum.grown_at
     result.final = result.history[-1] if result.history else {}
     trainable.train(False)
+    if result.stopped == "call" and on_pause is not None:
+        on_pause(train_state(trainable, opt, curriculum, result, phase.value, seed))
     return result
 
 
