@@ -29,4 +29,5 @@ RECIPE=(
   --init-range 0.02
   --eval-modes default,jrt,question_first,question_first_sep
 )
-. "$(dirname "${BASH_SOURCE[0]}")/gpu_launch.sh" "${RUN_NAME:-run8}" "${RECIPE[@]}"  # gpu_run10.sh: RUN_NAME=run10
+RECIPE+=("${RECIPE_EXTRA[@]}")  # gpu_run9.sh: a --variant
+. "$(dirname "${BASH_SOURCE[0]}")/gpu_launch.sh" "${RUN_NAME:-run8}" "${RECIPE[@]}"  # gpu_run9/10.sh: RUN_NAME
