@@ -614,6 +614,9 @@ def test_two_phases_switch_the_mixture_and_the_recall_loss(tok):
     assert result.phase2_by == "time"
     assert [h["phase"] for h in result.history] == [1, 1, 2, 2]
     assert "recall_loss" in result.history[0] and "recall_loss" not in result.history[-1]
+    assert all("peak_gib" not in h for h in result.history)  # CPU: no GPU memory to report
+    line = loop._format("gla", {**result.history[0], "peak_gib": 3.25})
+    assert line.endswith(" peak 3.2 GiB") and " peak " not in loop._format("gla", result.history[0])
     by_size = result.history[-1]["value_acc_by_records"]
     assert set(by_size) <= {"jrt", "question_first"} and all(set(v) <= {"2-4", "5-8"} for v in by_size.values())
     digest = report.phase2_digest([{"arch": "gla", "size": {"d_model": 32}, "training": asdict(result)}])

@@ -384,6 +384,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
             now = time.time()
             if now - last_log >= config.log_every_s:
                 line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log, phase.value)
+                line.update(_peak_memory(device))
                 result.history.append(line)
                 log(_format(name, line))
                 meter, last_log = _Meter(), now
@@ -395,6 +396,7 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     now = time.time()
     if meter.n:
         line = meter.line(result.steps, now - start, curriculum.level, lr, now - last_log, phase.value)
+        line.update(_peak_memory(device))
         result.history.append(line)
         log(_format(name, line))
     result.seconds, result.level, result.curriculum = now - start, curriculum.level, curriculum.grown_at
@@ -405,10 +407,18 @@ def train(trainable: Trainable, tokenizer, config: TrainConfig, seed: int, devic
     return result
 
 
+def _peak_memory(device: torch.device) -> dict:
+    """Peak GPU memory so far (what decides how large a batch the training scans can take)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+
+
 def _format(arch: str, line: dict) -> str:
     acc = " ".join(f"{k}={v:.2f}" for k, v in line["value_acc"].items())
     parts = ", ".join(f"{k[:-5]} {v:.3f}" for k, v in line.items() if k.endswith("_loss"))
     phase = f" phase {line['phase']}" if "phase" in line else ""
     return (f"[{arch}] step {line['step']} {line['time_s']:.0f}s{phase} level {line['level']:.2f} "
             f"loss {line['loss']:.3f} "
-            f"({parts}) value acc {acc} {line['tokens_per_s'] / 1000:.0f}k tok/s lr {line['lr']:.2e}")
+            f"({parts}) value acc {acc} {line['tokens_per_s'] / 1000:.0f}k tok/s lr {line['lr']:.2e}"
+            + (f" peak {line['peak_gib']:.1f} GiB" if "peak_gib" in line else ""))
