@@ -340,15 +340,43 @@ def test_mamba_training_scans_match_the_reference():
     want = run(naive.selective_scan)
     two_level_5 = lambda **kw: models.selective_scan_two_level(**kw, chunk_size=5)  # noqa: E731
     blocks_3_levels = lambda **kw: models.selective_scan_blocks(**kw, blocks=(4, 3, 2))  # noqa: E731 (37 = 10 x 4 ...)
+    cumsum_3 = lambda **kw: models.selective_scan_cumsum(**kw, size=3)  # noqa: E731 (37 = 12 x 3 + 1)
     for scan in (models.selective_scan_as_gla, models.selective_scan_small_chunks, models.selective_scan_two_level,
-                 two_level_5, models.selective_scan_blocks, blocks_3_levels):
+                 two_level_5, models.selective_scan_blocks, blocks_3_levels, models.selective_scan_cumsum, cumsum_3):
         for name, got, ref in zip(("y", "h", "du", "ddelta", "dA", "dB", "dC", "dh0"), run(scan), want):
             err = ((got - ref).abs().max() / ref.abs().max()).item()  # fp32 sums in another order
             assert err < 1e-4 if name in ("y", "h") else err < 3e-3, (scan, name, err)
     assert models.checked_mamba_scan("gla", torch.device("cpu")) == "gla"
 
 
-def test_mamba_trains_through_the_blocked_scan(tok, monkeypatch):
+def test_cumsum_scan_stays_finite_and_close_where_it_clamps():
+    """Log-decays far below the cumsum scan's floor (dt up to ~100, |A| up to 16: most tokens clamped): no inf or
+    NaN in values or gradients, and both stay within 1e-3 of the exact scan (a clamped token keeps e^-16 of the
+    state instead of less; its log-decay's gradient, itself about e^a, is dropped)."""
+    from jrt_prompt.ops.selective_scan import naive
+
+    g = torch.Generator().manual_seed(1)
+    b, L, C, N = 2, 300, 16, 16
+    args = dict(u=torch.randn(b, L, C, generator=g) * 3, delta=torch.randn(b, L, C, generator=g) * 30,
+                A=-torch.rand(C, N, generator=g) * 16, B=torch.randn(b, L, N, generator=g) * 3,
+                C=torch.randn(b, L, N, generator=g), D=torch.randn(C, generator=g), z=torch.randn(b, L, C, generator=g),
+                delta_bias=torch.randn(C, generator=g))
+    dt = torch.nn.functional.softplus(args["delta"] + args["delta_bias"])
+    assert ((dt[..., None] * args["A"]) < models.CUMSUM_FLOOR).float().mean() > 0.3  # the case under test
+
+    def run(scan):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+        y, h = scan(**leaves)
+        (y.square().sum() + h.square().sum()).backward()
+        return [y, h] + [leaves[k].grad for k in ("u", "delta", "A", "B", "C")]
+
+    for got, ref in zip(run(models.selective_scan_cumsum), run(naive.selective_scan)):
+        assert torch.isfinite(got).all()
+        assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-3
+
+
+@pytest.mark.parametrize("scan", ["blocks", "cumsum"])
+def test_mamba_trains_through_the_training_scans(tok, monkeypatch, scan):
     """What CUDA training swaps in for Mamba's scan takes the layer's call as it is made and gives the layer's own
     logits and gradients (a tiny model on CPU)."""
     import jrt_prompt.layers.mamba as mamba_layer
@@ -364,8 +392,9 @@ def test_mamba_trains_through_the_blocked_scan(tok, monkeypatch):
         return [logits.detach()] + [p.grad.clone() for p in trainable.params if p.grad is not None]
 
     want = run()
-    monkeypatch.setattr(mamba_layer, "selective_scan",
-                        lambda *a, **k: models.selective_scan_blocks(*a, **k, blocks=(4, 3)))
+    small = {"blocks": lambda *a, **k: models.selective_scan_blocks(*a, **k, blocks=(4, 3)),
+             "cumsum": lambda *a, **k: models.selective_scan_cumsum(*a, **k, size=3)}[scan]
+    monkeypatch.setattr(mamba_layer, "selective_scan", small)
     got = run()
     assert len(got) == len(want) > 5
     for g, w in zip(got, want):
@@ -378,7 +407,7 @@ def test_mamba_scan_check_falls_back_when_the_gla_form_fails(monkeypatch):
 
     monkeypatch.setattr(models, "selective_scan_as_gla", broken)
     said = []
-    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "blocks"
+    assert models.checked_mamba_scan("gla", torch.device("cpu"), log=said.append) == "cumsum"
     assert "no kernel" in said[0]
 
 
@@ -421,8 +450,12 @@ def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
     import jrt_prompt.layers.mamba as mamba_layer
 
     with models.training_paths(trainable, cuda):
+        assert mamba_layer.selective_scan is models.selective_scan_cumsum
+    assert mamba_layer.selective_scan is not models.selective_scan_cumsum
+    trainable.mamba_scan = "blocks"
+    with models.training_paths(trainable, cuda):
         assert mamba_layer.selective_scan is models.selective_scan_blocks
-    assert mamba_layer.selective_scan is not models.selective_scan_blocks
+    trainable.mamba_scan = "cumsum"
 
     trainable.arch = "mamba2"
     args = train_recall.parse_args(["--arch", "mamba2", "--out", "x", "--train-ops", "fast"])
@@ -432,7 +465,11 @@ def test_training_ops_on_cuda_use_the_references(tok, monkeypatch):
     args = train_recall.parse_args(["--arch", "mamba", "--out", "x", "--tokens-per-batch", "16384"])
     trainable.arch = "mamba"
     chosen = train_recall.choose_training_ops(args, "mamba", trainable, cuda, log=lambda m: None)
-    assert chosen["mamba_scan"] == "blocks" and chosen["ops"] == "reference" and args.tokens_per_batch == 8192
+    assert chosen["mamba_scan"] == "cumsum" and chosen["ops"] == "reference" and args.tokens_per_batch == 16384
+    args = train_recall.parse_args(["--arch", "mamba", "--out", "x", "--tokens-per-batch", "16384", "--mamba-scan",
+                                    "blocks"])
+    chosen = train_recall.choose_training_ops(args, "mamba", trainable, cuda, log=lambda m: None)
+    assert chosen["mamba_scan"] == "blocks" and args.tokens_per_batch == 8192 and "8192" in chosen["notes"][0]
 
 
 def test_curriculum_grows_on_recall_and_with_time():
@@ -973,6 +1010,6 @@ def test_gpu_training_ops_start_without_fla_and_mamba2_choice_is_logged():
     from jrt_prompt.ops.selective_scan import naive
 
     ref, _ = naive.selective_scan(**args)
-    for scan in (models.selective_scan_two_level, models.selective_scan_blocks):
+    for scan in (models.selective_scan_two_level, models.selective_scan_blocks, models.selective_scan_cumsum):
         got, _ = scan(**{k: v.cuda() for k, v in args.items()})
         assert ((got.cpu() - ref).abs().max() / ref.abs().max()).item() < 1e-4, scan

@@ -10,4 +10,5 @@
 #   source benchmarks/gpu_setup.sh > /tmp/setup.txt 2>&1; set +e; bash examples/recall_training/gpu_run10.sh
 #
 # Leaves $OUT/RESULTS.md, $OUT/run10.log, $OUT/run10-results.tgz and $OUT/run10-models.tgz.aa (gpu_launch.sh).
+RECIPE_EXTRA=(--mamba-scan blocks)  # the default when it ran (session 6); the default is now "cumsum" (run 11)
 ARCH=${ARCH:-mamba} RUN_NAME=run10 . "$(dirname "${BASH_SOURCE[0]}")/gpu_run8.sh"
