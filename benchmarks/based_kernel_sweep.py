@@ -140,6 +140,39 @@ def bench(fn, reps_ms) -> float:
     return float(triton.testing.do_bench(fn, warmup=10, rep=reps_ms, return_mode="median"))
 
 
+def kernel_parts(fn, iters=5) -> dict[str, float]:
+    """GPU time per call of each kernel that ``fn`` launches (torch.profiler, ``iters`` calls after one warm-up),
+    ms by kernel name: for the two-pass variants, the state walk (``_based_split_kernel``) against the outputs
+    (``_based_chunk_out_kernel``), which says which of the two to work on."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    parts: dict[str, float] = {}
+    for e in prof.key_averages():
+        if not str(getattr(e, "device_type", "")).endswith("CUDA"):
+            continue
+        us = getattr(e, "self_device_time_total", None)
+        us = getattr(e, "self_cuda_time_total", 0.0) if us is None else us
+        if us > 0:
+            parts[e.key] = parts.get(e.key, 0.0) + us / iters / 1e3
+    return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
+
+def short_parts(parts: dict[str, float] | None) -> str:
+    """walk / out / rest in ms, as the table prints them."""
+    if not parts:
+        return "-"
+    walk = sum(v for k, v in parts.items() if "split_kernel" in k)
+    out = sum(v for k, v in parts.items() if "chunk_out_kernel" in k)
+    rest = sum(parts.values()) - walk - out
+    return f"{walk:.2f}/{out:.2f}/{rest:.2f}"
+
+
 def run_entry(tc, variant, config, lengths, reps_ms):
     row = {"variant": variant, "config": list(config)}
     # 1) check (compiles the kernel)
@@ -174,7 +207,13 @@ def run_entry(tc, variant, config, lengths, reps_ms):
         row[f"GBps_{T}"] = bytes_ / (ms * 1e-3) / 1e9
         row[f"TFLOPs_{T}"] = flops / (ms * 1e-3) / 1e12
         row[f"x_floor_{T}"] = float(ms) / floor_ms
-        del q, k, v
+        if DEVICE == "cuda" and T == lengths[-1]:
+            try:
+                row[f"parts_{T}"] = kernel_parts(
+                    lambda: tc.taylor_linear_attention(q, k, v, segments=1, variant=variant, config=config))
+            except Exception as e:  # the profile is extra: it must not lose the timing
+                row[f"parts_{T}"] = {"error": f"{type(e).__name__}: {e}"}
+        q = k = v = None  # freed before the next length's inputs
         sync()
     return row
 
@@ -263,14 +302,15 @@ def main(argv=None) -> int:
         f"SDPA flash at N={lengths[-1] // 2}: {flash if flash is None else round(flash, 2)} ms")
     log(f"{'variant':8s} {'config (see SWEEP)':26s} {'regs':>4s} {'spill':>5s} "
         + " ".join(f"{'ms@' + str(T):>9s}" for T in lengths)
-        + f" {'GB/s':>6s} {'TFLOP/s':>7s} {'x-floor':>7s} {'x-flash':>7s} {'rel_o':>8s}")
+        + f" {'GB/s':>6s} {'TFLOP/s':>7s} {'x-floor':>7s} {'x-flash':>7s} {'rel_o':>8s}  walk/out/rest ms")
     for r in timed:
         x_flash = flash / r[key] if flash else None
         r["speedup_over_flash"] = x_flash
         log(f"{r['variant']:8s} {','.join(map(str, r['config'])):26s} {r.get('regs')!s:>4s} {r.get('spills')!s:>5s} "
             + " ".join(f"{r[f'ms_{T}']:9.3f}" for T in lengths)
             + f" {r[f'GBps_{lengths[-1]}']:6.0f} {r[f'TFLOPs_{lengths[-1]}']:7.1f} {r[f'x_floor_{lengths[-1]}']:7.2f} "
-              f"{x_flash if x_flash is None else round(x_flash, 1)!s:>7s} {r['rel_o']:8.1e}")
+              f"{x_flash if x_flash is None else round(x_flash, 1)!s:>7s} {r['rel_o']:8.1e}  "
+              f"{short_parts(r.get(f'parts_{lengths[-1]}') if 'error' not in r.get(f'parts_{lengths[-1]}', {}) else None)}")
     failed = [r for r in rows if not r.get("ok")]
     for r in failed:
         why = r.get("error") or {k: r.get(k) for k in ("nan", "rel_o", "rel_kv", "rel_z")}
