@@ -12,6 +12,6 @@ L=$OUT/log.txt; cat /tmp/setup.txt > $L  # written as it goes: a call cut at 600
 t() { local s=$1; shift; timeout $s python3 -m pytest -m gpu -q -n ${XDIST_N:-8} -p no:cacheprovider -rfE "$@" > /tmp/t.txt 2>&1;
       echo "$* rc=$? :: $(tail -1 /tmp/t.txt)" >> $L; grep -E "^(FAILED|ERROR)|Error|assert" /tmp/t.txt | head -20 >> $L; }
 if [ -n "$FILES" ]; then t 540 $FILES; ls $OUT; exit 0; fi
-t 300 tests/test_gla_gpu.py
-t 240 tests/test_train_recall.py
+t 360 tests/test_gla_gpu.py
+t 180 tests/test_train_recall.py
 ls $OUT
