@@ -310,7 +310,7 @@ def main(argv=None) -> int:
             + " ".join(f"{r[f'ms_{T}']:9.3f}" for T in lengths)
             + f" {r[f'GBps_{lengths[-1]}']:6.0f} {r[f'TFLOPs_{lengths[-1]}']:7.1f} {r[f'x_floor_{lengths[-1]}']:7.2f} "
               f"{x_flash if x_flash is None else round(x_flash, 1)!s:>7s} {r['rel_o']:8.1e}  "
-              f"{short_parts(r.get(f'parts_{lengths[-1]}') if 'error' not in r.get(f'parts_{lengths[-1]}', {}) else None)}")
+              f"{short_parts(parts if 'error' not in (parts := r.get(f'parts_{lengths[-1]}', {})) else None)}")
     failed = [r for r in rows if not r.get("ok")]
     for r in failed:
         why = r.get("error") or {k: r.get(k) for k in ("nan", "rel_o", "rel_kv", "rel_z")}
