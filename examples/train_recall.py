@@ -39,8 +39,8 @@ Training kernels on CUDA (``--train-ops``): by default the PyTorch references fo
 (``reference_ops``; Mamba's scan ``selective_scan_cumsum``, Mamba-2's SSD ``ssd_chunked``), so nothing is
 compiled or autotuned before the first step (the last GPU run lost 5 minutes to fla's compile/autotune for GLA and
 Mamba, and Mamba-2 died at its first backward: fla 0.6.0 refuses its gated chunk backward on Hopper with Triton
-< 3.7.1). With ``--train-ops fast``, fla's kernels; Mamba-2 then checks fla's Hopper/Triton guard (and a tiny forward + backward)
-first and falls back to ``ssd_chunked``; results.json's "training_ops" says what ran and why.
+< 3.7.1). With ``--train-ops fast``, fla's kernels; Mamba-2 then checks fla's Hopper/Triton guard (and a tiny
+forward + backward) first and falls back to ``ssd_chunked``; results.json's "training_ops" says what ran and why.
 
 GPU run-book (one H100; torch 2.11, Triton 3.6, fla 0.6.0). First the GPU checks (a minute):
 
