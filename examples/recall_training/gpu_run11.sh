@@ -4,10 +4,9 @@
 # training scan, `selective_scan_cumsum` (the same math as run 10's blocked scan, exact where dt * A >= -16 per
 # token; about an eighth of its first level's memory traffic, 1.7x faster on CPU; GPU rate not measured), on
 # batches of 16384 tokens (run 10: 8192). Run 10 learned no recall (4-7%, value accuracy at chance from start to
-# end) in 16.6M tokens; the last Mamba run that recalled, run 4, started from 0.1 and was at 0.64-0.77 value
-# accuracy after 60 s. The log lines' tokens/s and peak GiB say what the scan does; comparing runs 10 and 11 at the
-# same token count tells the init apart from the budget. NOTES.md, "Run 11". The GPU call, from the repository root
-# (about 9.5 minutes):
+# end) in 16.6M tokens; the last Mamba run that recalled, run 4, started from 0.1, trained on 4.7M tokens and was at
+# 0.64-0.77 value accuracy after 60 s. The log lines' tokens/s and peak GiB say what the scan does. NOTES.md,
+# "Run 11". The GPU call, from the repository root (about 9.5 minutes):
 #
 #   source benchmarks/gpu_setup.sh > /tmp/setup.txt 2>&1; set +e; bash examples/recall_training/gpu_run11.sh
 #
