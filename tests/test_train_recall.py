@@ -1013,3 +1013,19 @@ def test_gpu_training_ops_start_without_fla_and_mamba2_choice_is_logged():
     for scan in (models.selective_scan_two_level, models.selective_scan_blocks, models.selective_scan_cumsum):
         got, _ = scan(**{k: v.cuda() for k, v in args.items()})
         assert ((got.cpu() - ref).abs().max() / ref.abs().max()).item() < 1e-4, scan
+
+
+def test_probe_sees_the_first_linear_attention_layer_blind_past_the_window(capsys):
+    """probe_jrt_states.py on the shipped demo (Based: conv, window of 32 back, two linear-attention layers): what
+    the first linear-attention layer stores on the second read past the window's reach cannot depend on the
+    question (no decay, nothing below it reaches further back), and within the window it does."""
+    from recall_training.probe_jrt_states import probe
+
+    demo = Path(jrt_prompt.__file__).parent / "demo"
+    torch.manual_seed(0)
+    past = probe(str(demo), [4], documents=1, questions=1, near=32)[4]
+    close = probe(str(demo), [4], documents=1, questions=1, near=2)[4]
+    assert set(past["far"]) == {"L2.kv", "L3.kv"}
+    assert past["far"]["L2.kv"] < 1e-5
+    assert close["far"]["L2.kv"] > 1e-3 and past["read"]["L2.kv"] > 1e-3
+    assert "past 32" in capsys.readouterr().out

@@ -11,6 +11,9 @@ Mamba-2: "ssm") it prints, averaged over questions:
   second read changed in the state, with and without the question before it. For a layer without decay (Based's
   linear attention) D is exactly the sum of the second copy's phi(k) v^T, so this is how much the question changed
   the keys and values the layer stores on the second read; for a decaying layer it also contains what was erased.
+- ``past N``: the same for the second copy's tokens after its first N (``--near``, default 32: how far back
+  Based's sliding window sees), i.e. D = S(C,M,C) - S(C,M,C[:N]): what the question changed where the layers
+  below it could reach the question only through earlier linear-attention layers (Based: none below its first).
 
 and at the answer position (the last token of F): KL(p_jrt || p_plain), the share of questions whose greedy next
 token differs between JRT and plain, the same two for JRT vs the control C + "\\n\\n" + C + F, and the share of
@@ -60,7 +63,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe(model_dir: str, sizes: list[int], documents: int, questions: int) -> None:
+def probe(model_dir: str, sizes: list[int], documents: int, questions: int, near: int = 32) -> dict:
+    """Prints the tables; returns {records: {"state" | "read" | "far": {layer: mean}}}."""
     torch.set_grad_enabled(False)
     engine = jrt_prompt.load(model_dir)
     model, tok = engine.model.float().eval(), engine.tokenizer
@@ -72,10 +76,11 @@ def probe(model_dir: str, sizes: list[int], documents: int, questions: int) -> N
         return logits[0, -1].float(), st
 
     print(f"model {model_dir}  arch {model.config.arch}  layers {len(model.blocks)}")
+    results = {}
     for records in sizes:
         t0 = time.time()
         examples = test_examples(records, documents, questions=questions)
-        state_d, read_d, kl_plain, kl_ctrl, diff_plain, diff_ctrl = {}, {}, [], [], [], []
+        state_d, read_d, far_d, kl_plain, kl_ctrl, diff_plain, diff_ctrl = {}, {}, {}, [], [], [], []
         first_ok = {"plain": [], "jrt": [], "ctrl": []}
         cache = {}
         for ex in examples:
@@ -89,18 +94,21 @@ def probe(model_dir: str, sizes: list[int], documents: int, questions: int) -> N
             if key not in cache:  # per document: S(C), S(C,sep), S(C,sep,C)
                 _, sc = read(C)
                 _, scs = read(sep, sc)
-                _, scsc = read(C, scs)
-                cache = {key: (sc, scs, scsc)}
-            sc, scs, scsc = cache[key]
+                _, scsn = read(C[:near], scs)
+                _, scsc = read(C[near:], scsn)
+                cache = {key: (sc, scs, scsn, scsc)}
+            sc, scs, scsn, scsc = cache[key]
             _, scm = read(M, sc)
-            _, scmc = read(C, scm)
+            _, scmn = read(C[:near], scm)
+            _, scmc = read(C[near:], scmn)
             lp_jrt = torch.log_softmax(read(F, scmc)[0], -1)
             lp_plain = torch.log_softmax(read(F, sc)[0], -1)
             lp_ctrl = torch.log_softmax(read(F, scsc)[0], -1)
-            a, b, c, d = (matrix_states(x) for x in (scmc, scsc, scm, scs))
+            a, b, c, d, e, f = (matrix_states(x) for x in (scmc, scsc, scm, scs, scmn, scsn))
             for name in a:
                 state_d.setdefault(name, []).append(rel(a[name], b[name]))
                 read_d.setdefault(name, []).append(rel(a[name] - c[name], b[name] - d[name]))
+                far_d.setdefault(name, []).append(rel(a[name] - e[name], b[name] - f[name]))
             kl = lambda p, q: float((p.exp() * (p - q)).sum())  # noqa: E731
             kl_plain.append(kl(lp_jrt, lp_plain))
             kl_ctrl.append(kl(lp_jrt, lp_ctrl))
@@ -112,14 +120,17 @@ def probe(model_dir: str, sizes: list[int], documents: int, questions: int) -> N
                 first_ok[k].append((g[k],) in answer_first)
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         print(f"\n{records} records, {len(examples)} questions, context {n} tokens ({time.time() - t0:.0f} s)")
-        print("| layer.state | state: (C,Q,C) vs (C,sep,C) | 2nd read: D_q vs D_0 |")
-        print("|---|---|---|")
+        print(f"| layer.state | state: (C,Q,C) vs (C,sep,C) | 2nd read: D_q vs D_0 | past {near}: D_q vs D_0 |")
+        print("|---|---|---|---|")
         for name in state_d:
-            print(f"| {name} | {mean(state_d[name]):.3f} | {mean(read_d[name]):.3f} |")
+            print(f"| {name} | {mean(state_d[name]):.3f} | {mean(read_d[name]):.3f} | {mean(far_d[name]):.3g} |")
         print(f"answer position: KL(jrt||plain) {mean(kl_plain):.3f} nats, greedy token differs "
               f"{100 * mean(diff_plain):.0f}%; KL(jrt||ctrl) {mean(kl_ctrl):.3f}, differs {100 * mean(diff_ctrl):.0f}%")
         print("greedy first token = answer's first token: " +
               ", ".join(f"{k} {100 * mean(v):.0f}%" for k, v in first_ok.items()))
+        results[records] = {key: {name: mean(xs) for name, xs in d.items()}
+                            for key, d in (("state", state_d), ("read", read_d), ("far", far_d))}
+    return results
 
 
 def main() -> None:
@@ -128,8 +139,9 @@ def main() -> None:
     ap.add_argument("--records", default="24,48")
     ap.add_argument("--documents", type=int, default=25)
     ap.add_argument("--questions", type=int, default=4)
+    ap.add_argument("--near", type=int, default=32, help="the second copy's first tokens left out of 'past N'")
     args = ap.parse_args()
-    probe(args.model_dir, [int(r) for r in args.records.split(",")], args.documents, args.questions)
+    probe(args.model_dir, [int(r) for r in args.records.split(",")], args.documents, args.questions, args.near)
 
 
 if __name__ == "__main__":
