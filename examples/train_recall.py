@@ -93,7 +93,7 @@ NOT_RECIPE = {"call_minutes", "call_steps", "deadline_minutes", "resume", "out",
               "write", "export_demo", "demo_dest"}  # options a resumed call may change
 # Mamba's batch cap per PyTorch scan (autograd memory); the cumsum scan keeps about what the two-level one does
 # per token, and the blocked one 8 times that (run 10 at 8192: no out-of-memory on an H100, peak not logged)
-REFERENCE_SCAN_TOKENS = {"small-chunks": 4096, "two-level": 8192, "blocks": 8192, "cumsum": 16384}
+REFERENCE_SCAN_TOKENS = {"two-level": 8192, "blocks": 8192, "cumsum": 16384}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

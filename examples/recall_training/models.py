@@ -223,7 +223,7 @@ def make_trainable(arch: str, hf_model: nn.Module) -> Trainable:
     return Trainable(arch, hf_model, lm, list(lm.parameters()))
 
 
-MAMBA_SCANS = ("cumsum", "blocks", "two-level", "gla", "small-chunks")
+MAMBA_SCANS = ("cumsum", "blocks", "two-level", "gla")
 
 
 @contextlib.contextmanager
@@ -248,8 +248,7 @@ def training_paths(trainable: Trainable, device: torch.device):
         import jrt_prompt.layers.mamba as mamba_layer
 
         original = mamba_layer.selective_scan
-        mamba_layer.selective_scan = {"gla": selective_scan_as_gla, "small-chunks": selective_scan_small_chunks,
-                                      "two-level": selective_scan_two_level,
+        mamba_layer.selective_scan = {"gla": selective_scan_as_gla, "two-level": selective_scan_two_level,
                                       "blocks": selective_scan_blocks}.get(trainable.mamba_scan, selective_scan_cumsum)
         try:
             yield
@@ -411,14 +410,6 @@ def selective_scan_cumsum(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     (Mamba's init: dt <= 0.1, |A| <= 16, so >= -1.6)."""
     return _scan_through(lambda a, x, h0: _cumsum_states(a, x, h0, size, floor), u, delta, A, B, C, D, z,
                          delta_bias, delta_softplus, initial_state, mask)
-
-
-def selective_scan_small_chunks(*args, **kwargs):
-    """The reference scan in chunks of 2 tokens: what autograd keeps is [B, L, 2, C, N], not 16 times that (slow:
-    the fallback when the GLA form is not available)."""
-    from jrt_prompt.ops.selective_scan import naive
-
-    return naive.selective_scan(*args, **{**kwargs, "chunk_size": 2})
 
 
 def checked_mamba_scan(choice: str, device: torch.device, log=print) -> str:
