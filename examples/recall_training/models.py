@@ -328,23 +328,33 @@ def _blocked_states(a, x, h0, blocks):
     O(len(blocks)) launches: blocks of ``blocks[0]`` tokens are solved at once through their [t, s] decay matrix
     exp(cum_t - cum_s), s <= t (every exponent <= 0: nothing overflows), the block ends form a recurrence of
     L / blocks[0] steps solved the same way with ``blocks[1:]``, and so on; the last level takes what is left whole."""
-    batch, length = a.shape[:2]
+    length = a.shape[1]
     size = blocks[0] if len(blocks) > 1 and length > blocks[0] else length
-    n = -(-length // size)
-    pad = n * size - length
-    if pad:  # log-decay 0 and input 0: the state passes through unchanged
-        a, x = F.pad(a, (0, 0, 0, 0, 0, pad)), F.pad(x, (0, 0, 0, 0, 0, pad))
-    a, x = a.unflatten(1, (n, size)), x.unflatten(1, (n, size))
+    a, x = _in_blocks(a, size), _in_blocks(x, size)
     cum = a.cumsum(2)  # [B, n, size, C, N]
     later = torch.ones(size, size, dtype=torch.bool, device=a.device).triu(1)[:, :, None, None]  # s > t
     decay = (cum[:, :, :, None] - cum[:, :, None]).masked_fill(later, float("-inf")).exp()  # [B, n, t, s, C, N]
     local = (decay * x[:, :, None]).sum(3)  # each block from a zero state
-    if n == 1:
+    return _join_blocks(cum, cum.exp(), local, h0, blocks[1:], length)
+
+
+def _in_blocks(t, size):
+    """[B, L, C, N] -> [B, n, size, C, N], the tail padded with zeros (log-decay 0 and input 0: the state passes
+    through unchanged)."""
+    n = -(-t.shape[1] // size)
+    return F.pad(t, (0, 0, 0, 0, 0, n * size - t.shape[1])).unflatten(1, (n, size))
+
+
+def _join_blocks(cum, grow, local, h0, blocks, length):
+    """Every state and the final one from each block's states from zero (``local``) and its in-block decays
+    (``cum``, ``grow`` = e^cum): the state entering each block comes from the recurrence over block ends, one level
+    up (``_blocked_states`` with ``blocks``)."""
+    if cum.shape[1] == 1:
         incoming = h0[:, None]
-    else:  # the state entering each block: the recurrence over block ends, one level up
-        ends, _ = _blocked_states(cum[:, :, -1], local[:, :, -1], h0, blocks[1:])
+    else:
+        ends, _ = _blocked_states(cum[:, :, -1], local[:, :, -1], h0, blocks)
         incoming = torch.cat([h0[:, None], ends[:, :-1]], 1)
-    states = (local + cum.exp() * incoming[:, :, None]).flatten(1, 2)[:, :length]
+    states = (local + grow * incoming[:, :, None]).flatten(1, 2)[:, :length]
     return states, states[:, -1]
 
 
@@ -384,22 +394,10 @@ def _cumsum_states(a, x, h0, size=CUMSUM_BLOCK, floor=CUMSUM_FLOOR, blocks=(16, 
     eps times its largest input, since every term is multiplied back by e^{cum_t - cum_s} <= 1) where each log-decay
     is >= ``floor``; below it a token keeps e^floor (1e-7) of the state instead of less, and its log-decay gets no
     gradient. The block ends' recurrence (decays e^{cum}, unclamped sums) is solved exactly by ``_blocked_states``."""
-    batch, length = a.shape[:2]
-    n = -(-length // size)
-    pad = n * size - length
-    if pad:
-        a, x = F.pad(a, (0, 0, 0, 0, 0, pad)), F.pad(x, (0, 0, 0, 0, 0, pad))
-    cum = a.clamp(min=floor).unflatten(1, (n, size)).cumsum(2)  # [B, n, size, C, N], >= size * floor
-    x = x.unflatten(1, (n, size))
+    cum = _in_blocks(a.clamp(min=floor), size).cumsum(2)  # [B, n, size, C, N], >= size * floor
     grow = cum.exp()
-    local = grow * ((-cum).exp() * x).cumsum(2)  # each block from a zero state
-    if n == 1:
-        incoming = h0[:, None]
-    else:
-        ends, _ = _blocked_states(cum[:, :, -1], local[:, :, -1], h0, blocks)
-        incoming = torch.cat([h0[:, None], ends[:, :-1]], 1)
-    states = (local + grow * incoming[:, :, None]).flatten(1, 2)[:, :length]
-    return states, states[:, -1]
+    local = grow * ((-cum).exp() * _in_blocks(x, size)).cumsum(2)  # each block from a zero state
+    return _join_blocks(cum, grow, local, h0, blocks, a.shape[1])
 
 
 def selective_scan_cumsum(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
